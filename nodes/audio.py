@@ -1,0 +1,3 @@
+"""audio nodes (being built)."""
+
+NODE_CLASSES: list[type] = []

@@ -1,0 +1,80 @@
+"""The only place the nodes touch ComfyUI's own modules.
+
+ComfyUI provides ``folder_paths``, ``comfy.utils`` and ``comfy.model_management``; the tests provide
+minimal stand-ins for them (``tests/comfy_stubs``) when ComfyUI is not importable.
+"""
+
+from __future__ import annotations
+
+import os
+
+import comfy.model_management as model_management
+import comfy.utils
+import folder_paths
+
+from ..latentsync_core.constants import MODEL_FOLDER, WHISPER_SUBFOLDER
+
+MODEL_EXTENSIONS = {".pt", ".pth", ".safetensors", ".task"}
+
+
+def register_model_folder() -> None:
+    """Register ``models/latentsync/`` (and any extra_model_paths.yaml entries) with ComfyUI."""
+    default = os.path.join(folder_paths.models_dir, MODEL_FOLDER)
+    if MODEL_FOLDER in folder_paths.folder_names_and_paths:
+        paths, exts = folder_paths.folder_names_and_paths[MODEL_FOLDER]
+        if default not in paths:
+            paths.insert(0, default)
+        folder_paths.folder_names_and_paths[MODEL_FOLDER] = (paths, set(exts) | MODEL_EXTENSIONS)
+    else:
+        folder_paths.folder_names_and_paths[MODEL_FOLDER] = ([default], set(MODEL_EXTENSIONS))
+
+
+def model_folders() -> list[str]:
+    """Every folder ComfyUI searches for LatentSync models (the default one first)."""
+    return list(folder_paths.get_folder_paths(MODEL_FOLDER))
+
+
+def model_files(subfolder: str | None = None, suffixes: tuple[str, ...] = (".pt", ".pth", ".safetensors")) -> list[str]:
+    """Model files (relative names, '/'-separated) under ``models/latentsync/``.
+
+    ``subfolder="whisper"`` lists only files in ``whisper/``; ``None`` lists the files outside it.
+    """
+    names = []
+    for name in folder_paths.get_filename_list(MODEL_FOLDER):
+        norm = name.replace(os.sep, "/")
+        in_whisper = norm.startswith(WHISPER_SUBFOLDER + "/")
+        if (subfolder == WHISPER_SUBFOLDER) != in_whisper or not norm.lower().endswith(suffixes):
+            continue
+        names.append(norm)
+    return sorted(names)
+
+
+def model_path(name: str) -> str | None:
+    """Absolute path of a file listed by :func:`model_files`, or None if it is not on disk."""
+    return folder_paths.get_full_path(MODEL_FOLDER, name)
+
+
+def progress_bar(total: int):
+    """ComfyUI's progress bar (shown on the running node)."""
+    return comfy.utils.ProgressBar(total)
+
+
+def check_interrupted() -> None:
+    """Raise ComfyUI's interrupt exception if the user pressed Cancel."""
+    model_management.throw_exception_if_processing_interrupted()
+
+
+def compute_device():
+    return model_management.get_torch_device()
+
+
+def offload_device():
+    return model_management.unet_offload_device()
+
+
+def intermediate_device():
+    return model_management.intermediate_device()
+
+
+def soft_empty_cache() -> None:
+    model_management.soft_empty_cache()

@@ -1,0 +1,3 @@
+"""face nodes (being built)."""
+
+NODE_CLASSES: list[type] = []

@@ -1,0 +1,3 @@
+"""model nodes (being built)."""
+
+NODE_CLASSES: list[type] = []

@@ -1,0 +1,3 @@
+"""sampler nodes (being built)."""
+
+NODE_CLASSES: list[type] = []

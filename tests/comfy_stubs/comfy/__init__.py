@@ -1,0 +1,1 @@
+"""Test stand-in for the parts of ComfyUI's ``comfy`` package this pack uses."""
