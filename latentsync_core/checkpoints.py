@@ -86,3 +86,32 @@ def strip_prefixes(state_dict: dict[str, torch.Tensor], prefixes=("module.", "un
                 state_dict = {k[len(prefix):]: v for k, v in state_dict.items()}
                 changed = True
     return state_dict
+
+
+def guess_model_kind(state_dict: Mapping[str, Any]) -> str:
+    """A short description of what a state dict looks like, for error messages
+    (e.g. "a Stable Diffusion U-Net (diffusers layout, no audio or temporal layers)")."""
+    keys = list(state_dict)
+    has = lambda fragment: any(fragment in k for k in keys)  # noqa: E731
+    if not keys:
+        return "an empty file"
+    if has("motion_modules") and has("down_blocks"):
+        return "a LatentSync U-Net (with temporal layers)"
+    if has("audio_encoder") and has("visual_encoder"):
+        return "a SyncNet checkpoint"
+    if has("encoder.blocks.") and has("encoder.conv1"):
+        return "an OpenAI whisper checkpoint"
+    if has("encoder.layers.") and has("encoder.conv1"):
+        return "a Hugging Face whisper checkpoint"
+    if has("quant_conv") and has("decoder."):
+        return "a VAE"
+    if has("model.diffusion_model.") or has("input_blocks."):
+        return "a Stable Diffusion checkpoint (original layout)"
+    if has("down_blocks") and has("attn2"):
+        ca = next((v for k, v in state_dict.items() if k.endswith("attn2.to_k.weight")), None)
+        if ca is not None and getattr(ca, "ndim", 0) == 2 and ca.shape[1] == 384:
+            return "a LatentSync U-Net without temporal layers (LatentSync 1.0 / stage 1)"
+        return "a Stable Diffusion U-Net (diffusers layout, no audio or temporal layers)"
+    if has("down_blocks"):
+        return "a diffusers U-Net without attention layers"
+    return f"an unknown model ({len(keys)} tensors, e.g. {keys[0]!r})"
