@@ -1,0 +1,417 @@
+#!/usr/bin/env python3
+"""Run a LatentSync workflow on a ComfyUI server without the browser (standard library only).
+
+    python workflows/run_api.py --server 127.0.0.1:8188 --video in.mp4 --audio speech.wav \
+        workflows/api/latentsync_basic.json
+
+Steps: upload the inputs (``/upload/image``), put their names into the workflow's loader nodes, queue it
+(``/prompt``), follow progress over the websocket (``/ws``), read the result (``/history/{id}``) and
+download every saved file (``/view``) into ``--out-dir``. Exits 0 on success; on failure it prints
+ComfyUI's own error message (validation errors from ``/prompt``, or the failing node's exception) and
+exits non-zero (1 execution error, 2 invalid workflow or prompt, 3 server unreachable, 4 timeout).
+
+Works with workflows in ComfyUI's API format ("Export (API)" in the menu): a JSON object mapping node
+ids to ``{"class_type", "inputs"}``. Extra inputs can be set with ``--set NODE_ID.INPUT=VALUE``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import json
+import mimetypes
+import os
+import socket
+import struct
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+import uuid
+
+# loader node class -> the input that names the uploaded file
+VIDEO_LOADERS = {"LoadVideo": "file", "VHS_LoadVideo": "video"}
+AUDIO_LOADERS = {"LatentSyncLoadAudio": "audio", "LoadAudio": "audio", "VHS_LoadAudioUpload": "audio"}
+OUTPUT_KEYS = ("images", "gifs", "videos", "audio")  # where ComfyUI lists saved files in /history
+
+EXIT_EXECUTION, EXIT_INVALID, EXIT_UNREACHABLE, EXIT_TIMEOUT = 1, 2, 3, 4
+_WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455
+
+
+class ClientError(Exception):
+    """A failure to report to the user; ``code`` is the exit status."""
+
+    def __init__(self, message: str, code: int = EXIT_EXECUTION):
+        super().__init__(message)
+        self.code = code
+
+
+# --------------------------------------------------------------------------------------------- HTTP
+class Comfy:
+    """The few ComfyUI HTTP endpoints a headless run needs."""
+
+    def __init__(self, server: str, timeout: float = 60.0):
+        if "://" not in server:
+            server = "http://" + server
+        parts = urllib.parse.urlsplit(server)
+        if parts.scheme not in ("http", "https"):
+            raise ClientError(f"--server must be http(s)://host:port, got {server!r}", EXIT_INVALID)
+        self.base = f"{parts.scheme}://{parts.netloc}"
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.timeout = timeout
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
+        """(status, body bytes); HTTP error statuses are returned, not raised."""
+        # the scheme is fixed to http(s) in __init__
+        req = urllib.request.Request(self.base + path, data=body, method=method, headers=headers or {})  # noqa: S310
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:  # noqa: S310
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read()
+        except (urllib.error.URLError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise ClientError(f"cannot reach ComfyUI at {self.base}: {reason}", EXIT_UNREACHABLE) from err
+
+    def json(self, method: str, path: str, payload=None):
+        body = None if payload is None else json.dumps(payload).encode()
+        status, data = self.request(method, path, body, {"Content-Type": "application/json"} if body else None)
+        try:
+            parsed = json.loads(data.decode() or "null")
+        except ValueError:
+            parsed = None
+        return status, parsed, data
+
+    def upload(self, path: str) -> str:
+        """Upload a local file into ComfyUI's input folder; returns the name loader nodes take."""
+        if not os.path.isfile(path):
+            raise ClientError(f"input file not found: {path}", EXIT_INVALID)
+        boundary = uuid.uuid4().hex
+        filename = os.path.basename(path)
+        ctype = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        with open(path, "rb") as f:
+            content = f.read()
+        body = b"".join(
+            [
+                f'--{boundary}\r\nContent-Disposition: form-data; name="type"\r\n\r\ninput\r\n'.encode(),
+                f'--{boundary}\r\nContent-Disposition: form-data; name="overwrite"\r\n\r\ntrue\r\n'.encode(),
+                f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{filename}"\r\n'
+                f"Content-Type: {ctype}\r\n\r\n".encode(),
+                content,
+                f"\r\n--{boundary}--\r\n".encode(),
+            ]
+        )
+        status, data = self.request(
+            "POST", "/upload/image", body, {"Content-Type": f"multipart/form-data; boundary={boundary}"}
+        )
+        if status != 200:
+            raise ClientError(f"upload of {path} failed: HTTP {status} {data[:200]!r}")
+        info = json.loads(data)
+        return f"{info['subfolder']}/{info['name']}" if info.get("subfolder") else info["name"]
+
+    def download(self, item: dict, out_dir: str) -> str:
+        query = urllib.parse.urlencode(
+            {"filename": item["filename"], "subfolder": item.get("subfolder", ""), "type": item.get("type", "output")}
+        )
+        status, data = self.request("GET", f"/view?{query}")
+        if status != 200:
+            raise ClientError(f"download of {item['filename']} failed: HTTP {status}")
+        os.makedirs(out_dir, exist_ok=True)
+        target = os.path.join(out_dir, os.path.basename(item["filename"]))
+        with open(target, "wb") as f:
+            f.write(data)
+        return target
+
+
+# ---------------------------------------------------------------------------------------- websocket
+class WebSocket:
+    """Minimal RFC 6455 client: text messages in, pings answered, binary previews skipped."""
+
+    def __init__(self, host: str, port: int, path: str, timeout: float = 10.0):
+        self.sock = socket.create_connection((host, port), timeout=timeout)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.sock.sendall(
+            (
+                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+            ).encode()
+        )
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = self.sock.recv(4096)
+            if not chunk:
+                raise OSError("websocket handshake: connection closed")
+            head += chunk
+        head, self._buf = head.split(b"\r\n\r\n", 1)
+        lines = head.decode("latin-1").split("\r\n")
+        if " 101 " not in lines[0] + " ":
+            raise OSError(f"websocket handshake refused: {lines[0]}")
+        headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+        expected = base64.b64encode(hashlib.sha1((key + _WS_GUID).encode()).digest()).decode()  # noqa: S324 (RFC 6455)
+        if headers.get("sec-websocket-accept") != expected:
+            raise OSError("websocket handshake: bad Sec-WebSocket-Accept")
+
+    def _read(self, n: int) -> bytes:
+        while len(self._buf) < n:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise OSError("websocket closed by server")
+            self._buf += chunk
+        data, self._buf = self._buf[:n], self._buf[n:]
+        return data
+
+    def _send(self, opcode: int, payload: bytes = b"") -> None:
+        mask = os.urandom(4)
+        n = len(payload)
+        header = bytes([0x80 | opcode])
+        if n < 126:
+            header += bytes([0x80 | n])
+        elif n < 65536:
+            header += bytes([0x80 | 126]) + struct.pack(">H", n)
+        else:
+            header += bytes([0x80 | 127]) + struct.pack(">Q", n)
+        self.sock.sendall(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
+
+    def receive(self, timeout: float) -> dict | None:
+        """Next JSON text message, or None if nothing arrived within ``timeout`` seconds."""
+        self.sock.settimeout(timeout)
+        message, kind = b"", None
+        try:
+            while True:
+                b0, b1 = self._read(2)
+                opcode, n = b0 & 0x0F, b1 & 0x7F
+                if n == 126:
+                    n = struct.unpack(">H", self._read(2))[0]
+                elif n == 127:
+                    n = struct.unpack(">Q", self._read(8))[0]
+                mask = self._read(4) if b1 & 0x80 else None
+                payload = self._read(n)
+                if mask:
+                    payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+                if opcode == 0x8:
+                    raise OSError("websocket closed by server")
+                if opcode == 0x9:
+                    self._send(0xA, payload)
+                    continue
+                if opcode in (0x1, 0x2):
+                    kind, message = opcode, payload
+                elif opcode == 0x0:
+                    message += payload
+                if b0 & 0x80 and kind is not None:
+                    if kind == 0x1:
+                        return json.loads(message.decode())
+                    message, kind = b"", None  # binary = preview image: not needed headless
+        except TimeoutError:
+            return None
+
+    def close(self) -> None:
+        try:
+            self._send(0x8, struct.pack(">H", 1000))
+        except OSError:
+            pass
+        self.sock.close()
+
+
+# ----------------------------------------------------------------------------------------- workflow
+def load_workflow(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    if isinstance(data, dict) and "prompt" in data and isinstance(data["prompt"], dict):
+        data = data["prompt"]
+    if isinstance(data, dict) and "nodes" in data and "links" in data:
+        raise ClientError(
+            f"{path} is a UI workflow; pass its API-format twin (workflows/api/...) or use 'Export (API)' in ComfyUI",
+            EXIT_INVALID,
+        )
+    if not isinstance(data, dict) or not all(isinstance(v, dict) and "class_type" in v for v in data.values()):
+        raise ClientError(f"{path} is not an API-format workflow (node id -> class_type/inputs)", EXIT_INVALID)
+    return data
+
+
+def set_loader(prompt: dict, loaders: dict, value: str, what: str) -> list[str]:
+    """Put an uploaded file name into every loader node of one kind; returns the node ids set."""
+    ids = [nid for nid, node in prompt.items() if node["class_type"] in loaders]
+    if not ids:
+        raise ClientError(f"--{what} given but the workflow has no {what} loader ({', '.join(loaders)})", EXIT_INVALID)
+    for nid in ids:
+        prompt[nid].setdefault("inputs", {})[loaders[prompt[nid]["class_type"]]] = value
+    return ids
+
+
+def apply_overrides(prompt: dict, overrides: list[str]) -> None:
+    """``NODE_ID.INPUT=VALUE`` (VALUE parsed as JSON when it is valid JSON, else taken as a string)."""
+    for item in overrides:
+        target, sep, raw = item.partition("=")
+        nid, dot, name = target.partition(".")
+        if not sep or not dot or nid not in prompt:
+            raise ClientError(
+                f"--set {item!r}: expected NODE_ID.INPUT=VALUE with a node id of the workflow", EXIT_INVALID
+            )
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        prompt[nid].setdefault("inputs", {})[name] = value
+
+
+def format_prompt_error(reply) -> str:
+    """ComfyUI's /prompt validation reply as readable lines."""
+    if not isinstance(reply, dict):
+        return f"invalid prompt: {reply!r}"
+    err = reply.get("error") or {}
+    lines = [f"{err.get('message', 'invalid prompt')}" + (f": {err['details']}" if err.get("details") else "")]
+    for nid, node_err in (reply.get("node_errors") or {}).items():
+        for e in node_err.get("errors", []):
+            detail = f" ({e['details']})" if e.get("details") else ""
+            lines.append(f"  node {nid} [{node_err.get('class_type', '?')}]: {e.get('message', '')}{detail}")
+    return "\n".join(lines)
+
+
+def format_execution_error(data: dict) -> str:
+    return (
+        f"node {data.get('node_id')} [{data.get('node_type')}] failed: "
+        f"{data.get('exception_type', 'Error')}: {data.get('exception_message', '').strip()}"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- run
+def follow(ws: WebSocket | None, comfy: Comfy, prompt_id: str, deadline: float, log) -> None:
+    """Wait until the prompt finished; raise ClientError on an execution error, interruption or timeout."""
+    last_poll = 0.0
+    while True:
+        now = time.monotonic()
+        if now > deadline:
+            raise ClientError(f"timed out waiting for prompt {prompt_id}", EXIT_TIMEOUT)
+        msg = ws.receive(timeout=min(2.0, max(0.05, deadline - now))) if ws else None
+        if msg is None:
+            if ws is None:
+                time.sleep(0.5)
+            if time.monotonic() - last_poll > (1.0 if ws is None else 10.0):  # fallback: poll the history
+                last_poll = time.monotonic()
+                if history_entry(comfy, prompt_id) is not None:
+                    return
+            continue
+        kind, data = msg.get("type"), msg.get("data") or {}
+        if data.get("prompt_id") not in (None, prompt_id):
+            continue
+        if kind == "executing" and data.get("node") is not None:
+            log(f"running node {data['node']}")
+        elif kind == "progress":
+            log(f"  node {data.get('node')}: {data.get('value')}/{data.get('max')}")
+        elif kind == "execution_error":
+            raise ClientError(format_execution_error(data), EXIT_EXECUTION)
+        elif kind == "execution_interrupted":
+            raise ClientError(f"prompt interrupted at node {data.get('node_id')} [{data.get('node_type')}]")
+        elif kind == "execution_success" or (
+            kind == "executing" and data.get("node") is None and data.get("prompt_id")
+        ):
+            return
+
+
+def history_entry(comfy: Comfy, prompt_id: str) -> dict | None:
+    """The finished prompt's history entry, or None while it is still queued or running."""
+    status, reply, _ = comfy.json("GET", f"/history/{urllib.parse.quote(prompt_id)}")
+    if status != 200 or not isinstance(reply, dict) or prompt_id not in reply:
+        return None
+    entry = reply[prompt_id]
+    state = entry.get("status") or {}
+    return entry if state.get("completed") or state.get("status_str") in ("success", "error") else None
+
+
+def run(args, log=lambda s: print(s, file=sys.stderr)) -> list[str]:
+    comfy = Comfy(args.server, timeout=args.http_timeout)
+    prompt = load_workflow(args.workflow)
+    client_id = uuid.uuid4().hex
+    deadline = time.monotonic() + args.timeout
+
+    ws = None
+    try:  # connect first so no message of our prompt is missed
+        ws = WebSocket(comfy.host, comfy.port, f"/ws?clientId={client_id}")
+    except OSError as err:
+        log(f"websocket unavailable ({err}); polling /history instead")
+
+    try:
+        if args.video:
+            name = comfy.upload(args.video)
+            log(
+                f"uploaded {args.video} -> {name} (nodes {', '.join(set_loader(prompt, VIDEO_LOADERS, name, 'video'))})"
+            )
+        if args.audio:
+            name = comfy.upload(args.audio)
+            log(
+                f"uploaded {args.audio} -> {name} (nodes {', '.join(set_loader(prompt, AUDIO_LOADERS, name, 'audio'))})"
+            )
+        apply_overrides(prompt, args.set or [])
+
+        status, reply, raw = comfy.json("POST", "/prompt", {"prompt": prompt, "client_id": client_id})
+        if status != 200 or not isinstance(reply, dict) or "prompt_id" not in reply:
+            raise ClientError(
+                format_prompt_error(reply) if reply is not None else raw.decode(errors="replace"), EXIT_INVALID
+            )
+        prompt_id = reply["prompt_id"]
+        log(f"queued prompt {prompt_id}")
+        follow(ws, comfy, prompt_id, deadline, log)
+    finally:
+        if ws:
+            ws.close()
+
+    entry = None
+    while entry is None:  # the history entry is written just after the last websocket message
+        entry = history_entry(comfy, prompt_id)
+        if entry is None:
+            if time.monotonic() > deadline:
+                raise ClientError(f"timed out waiting for the history of prompt {prompt_id}", EXIT_TIMEOUT)
+            time.sleep(0.2)
+    state = entry.get("status") or {}
+    if state.get("status_str") == "error":
+        errors = [data for kind, data in state.get("messages", []) if kind == "execution_error"]
+        raise ClientError(format_execution_error(errors[0]) if errors else "execution failed", EXIT_EXECUTION)
+
+    saved = []
+    for node_out in (entry.get("outputs") or {}).values():
+        for key in OUTPUT_KEYS:
+            for item in node_out.get(key, []) or []:
+                if (
+                    isinstance(item, dict)
+                    and "filename" in item
+                    and (args.temp or item.get("type", "output") == "output")
+                ):
+                    saved.append(comfy.download(item, args.out_dir))
+    if not saved:
+        log("the workflow finished but saved no files")
+    for path in saved:
+        print(path)
+    return saved
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("workflow", help="workflow in API format (e.g. workflows/api/latentsync_basic.json)")
+    p.add_argument("--server", default="127.0.0.1:8188", help="ComfyUI address (default 127.0.0.1:8188)")
+    p.add_argument("--video", help="video file to upload into the workflow's video loader")
+    p.add_argument("--audio", help="audio file to upload into the workflow's audio loader")
+    p.add_argument("--out-dir", default=".", help="folder for the downloaded results (default: current folder)")
+    p.add_argument("--set", action="append", metavar="NODE_ID.INPUT=VALUE", help="override a node input (repeatable)")
+    p.add_argument("--timeout", type=float, default=6 * 3600, help="give up after this many seconds (default 6 h)")
+    p.add_argument("--http-timeout", type=float, default=120.0, help=argparse.SUPPRESS)
+    p.add_argument("--temp", action="store_true", help="also download preview files (type 'temp')")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        run(args)
+    except ClientError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return err.code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
