@@ -1,0 +1,183 @@
+"""``FaceAligner``: frames -> aligned faces + the ``FaceTrack`` that puts them back."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..constants import FACE_BORDER_VALUE, MAX_FACE_GAP, RESOLUTION, SUPPORTED_RESOLUTIONS, crop_size
+from ..errors import FaceError
+from ..types import FaceTrack
+from .gaps import bridge_gaps, format_ranges, runs
+from .geometry import track_affines, warp_face
+from .landmarks import MESH_POINTS, LandmarkBackend, open_backend, to_68
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (steps done, total steps); may raise to interrupt
+
+
+@dataclass
+class AlignmentResult:
+    """What ``FaceAligner.align`` returns.
+
+    faces:     uint8 ``[N, res, res, 3]`` aligned faces (flat grey 127 where no face was found).
+    affines:   float64 ``[N, 2, 3]`` image -> crop (NaN where not found).
+    landmarks: float64 ``[N, 68, 2]`` smoothed landmarks in image pixels (NaN where not found).
+    found:     bool ``[N]`` (True also for bridged frames).
+    bridged:   bool ``[N]``: frames without a detection, filled from their neighbours.
+    track:     the ``FaceTrack`` (LATENTSYNC_FACES) for the sampler and paste-back.
+    """
+
+    faces: np.ndarray
+    affines: np.ndarray
+    landmarks: np.ndarray
+    found: np.ndarray
+    bridged: np.ndarray
+    track: FaceTrack
+    backend: str = ""
+    missing: list[tuple[int, int]] = field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for the node's UI text: counts and frame ranges of bridged and missing frames."""
+        n = len(self.found)
+        text = f"face found in {int(self.found.sum() - self.bridged.sum())}/{n} frames"
+        if self.bridged.any():
+            text += f"; {int(self.bridged.sum())} bridged (frames {format_ranges(runs(self.bridged))})"
+        if self.missing:
+            count = sum(b - a + 1 for a, b in self.missing)
+            text += f"; NO FACE in {count} frames, left untouched: {format_ranges(self.missing)}"
+        return text
+
+
+def select_face(faces: list[np.ndarray], selection: str | int) -> np.ndarray | None:
+    """Pick one face: ``"largest"`` (bounding-box area of the mesh) or the n-th from the left (0-based)."""
+    if not faces:
+        return None
+    if selection == "largest":
+        return max(faces, key=lambda f: np.ptp(f[:, 0]) * np.ptp(f[:, 1]))
+    n = int(selection)
+    ordered = sorted(faces, key=lambda f: float(f[:MESH_POINTS, 0].mean()))
+    return ordered[n] if 0 <= n < len(ordered) else None
+
+
+class FaceAligner:
+    """Detects, smooths and aligns the face of every frame like the official LatentSync 1.5 code.
+
+    resolution: 256 (LatentSync 1.5) or 512 (1.6). face: ``"largest"`` or the index from the left.
+    max_gap: runs of up to this many frames without a face are bridged; longer runs are not-found.
+    backend: a ``LandmarkBackend`` (default: the legacy face mesh when installed, else the Tasks
+    FaceLandmarker on ``task_path``).
+    """
+
+    def __init__(
+        self,
+        resolution: int = RESOLUTION,
+        *,
+        face: str | int = "largest",
+        max_gap: int = MAX_FACE_GAP,
+        backend: LandmarkBackend | None = None,
+        task_path: str | None = None,
+    ):
+        if resolution not in SUPPORTED_RESOLUTIONS:
+            raise ValueError(f"resolution must be one of {SUPPORTED_RESOLUTIONS}, got {resolution}")
+        if face != "largest" and (not isinstance(face, int) or face < 0):
+            raise ValueError(f"face must be 'largest' or an index >= 0, got {face!r}")
+        self.resolution = resolution
+        self.face = face
+        self.max_gap = max_gap
+        self.task_path = task_path
+        self._backend = backend
+
+    @property
+    def backend(self) -> LandmarkBackend:
+        if self._backend is None:
+            max_faces = 4 if self.face == "largest" else max(4, int(self.face) + 1)
+            self._backend = open_backend(max_faces, self.task_path)
+        return self._backend
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+    def detect(self, frames: Sequence[np.ndarray], progress: Progress | None = None, total: int | None = None):
+        """Raw 68-point landmarks per frame: (``[N, 68, 2]`` float64, NaN where none; found bool ``[N]``)."""
+        n = len(frames)
+        landmarks = np.full((n, 68, 2), np.nan)
+        found = np.zeros(n, dtype=bool)
+        for i in range(n):
+            mesh = select_face(self.backend.detect(_rgb_uint8(frames[i])), self.face)
+            if mesh is not None:
+                landmarks[i], found[i] = to_68(mesh), True
+            if progress is not None:
+                progress(i + 1, total or n)
+        return landmarks, found
+
+    def build(
+        self,
+        frames: Sequence[np.ndarray],
+        landmarks68: np.ndarray,
+        found: np.ndarray,
+        progress: Progress | None = None,
+        step0: int = 0,
+        total: int | None = None,
+    ) -> AlignmentResult:
+        """Bridge gaps, smooth, transform and warp: raw landmarks -> ``AlignmentResult``."""
+        n = len(frames)
+        found = np.asarray(found, dtype=bool)
+        if n == 0:
+            raise FaceError("no frames to align: the image batch is empty")
+        if not found.any():
+            which = "the face" if self.face == "largest" else f"face #{self.face} (counting from the left, from 0)"
+            raise FaceError(
+                f"no face found in any of the {n} frames ({which}). Use a video with a clearly visible, "
+                "reasonably frontal face, or pick a face index that exists."
+            )
+        landmarks, found, bridged = bridge_gaps(landmarks68, found, self.max_gap)
+        smoothed, affines = track_affines(landmarks, found, self.resolution)
+        first = _rgb_uint8(frames[0])
+        frame_size = first.shape[:2]
+        res = self.resolution
+        faces = np.full((n, res, res, 3), FACE_BORDER_VALUE, dtype=np.uint8)
+        for i in range(n):
+            frame = first if i == 0 else _rgb_uint8(frames[i])
+            if frame.shape[:2] != frame_size:
+                raise FaceError(f"frame {i} is {frame.shape[1]}x{frame.shape[0]}, frame 0 is {frame_size[1]}x{frame_size[0]}")
+            if found[i]:
+                faces[i] = warp_face(frame, affines[i], res)
+            if progress is not None:
+                progress(step0 + i + 1, total or n)
+        track = FaceTrack(
+            affines=affines,
+            found=found.copy(),
+            landmarks=smoothed.astype(np.float32),
+            frame_size=(int(frame_size[0]), int(frame_size[1])),
+            crop_size=crop_size(res),
+            resolution=res,
+        )
+        missing = runs(~found)
+        result = AlignmentResult(faces, affines, smoothed, found, bridged, track, getattr(self._backend, "name", ""), missing)
+        if missing or bridged.any():
+            logger.warning("LatentSync face alignment: %s", result.summary())
+        return result
+
+    def align(self, frames: Sequence[np.ndarray], progress: Progress | None = None) -> AlignmentResult:
+        """frames: uint8 ``[N, H, W, 3]`` RGB (or any sequence of such frames) -> ``AlignmentResult``.
+
+        Works frame by frame (two passes: detection, then warping): no copy of the whole video.
+        ``progress(done, total)`` is called after every frame of each pass (total = 2N).
+        """
+        total = 2 * len(frames)
+        landmarks, found = self.detect(frames, progress, total)
+        return self.build(frames, landmarks, found, progress, len(frames), total)
+
+
+def _rgb_uint8(frame) -> np.ndarray:
+    frame = np.asarray(frame)
+    if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] != 3:
+        raise ValueError(f"expected a uint8 [H, W, 3] RGB frame, got {frame.dtype} {frame.shape}")
+    return frame
