@@ -146,7 +146,9 @@ class FaceAligner:
         for i in range(n):
             frame = first if i == 0 else _rgb_uint8(frames[i])
             if frame.shape[:2] != frame_size:
-                raise FaceError(f"frame {i} is {frame.shape[1]}x{frame.shape[0]}, frame 0 is {frame_size[1]}x{frame_size[0]}")
+                raise FaceError(
+                    f"frame {i} is {frame.shape[1]}x{frame.shape[0]}, frame 0 is {frame_size[1]}x{frame_size[0]}"
+                )
             if found[i]:
                 faces[i] = warp_face(frame, affines[i], res)
             if progress is not None:
@@ -160,7 +162,9 @@ class FaceAligner:
             resolution=res,
         )
         missing = runs(~found)
-        result = AlignmentResult(faces, affines, smoothed, found, bridged, track, getattr(self._backend, "name", ""), missing)
+        result = AlignmentResult(
+            faces, affines, smoothed, found, bridged, track, getattr(self._backend, "name", ""), missing
+        )
         if missing or bridged.any():
             logger.warning("LatentSync face alignment: %s", result.summary())
         return result

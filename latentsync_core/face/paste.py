@@ -125,7 +125,6 @@ def restore_frame(frame: np.ndarray, crop_face: np.ndarray, affine: np.ndarray):
     y0, y1, x0, x1 = crop_window(affine, (w, h), frame.shape[:2])
     if y1 <= y0 or x1 <= x0:
         return frame[y0:y0, x0:x0].copy(), (y0, y0, x0, x0)
-    size = (x1 - x0, y1 - y0)
     to_crop = cv2.invertAffineTransform(cv2.invertAffineTransform(np.asarray(affine, dtype=np.float64)))
     back = warp_window(crop_face, to_crop, (y0, y1, x0, x1), cv2.INTER_LANCZOS4)
     mask = warp_window(np.ones((h, w), dtype=np.float32), to_crop, (y0, y1, x0, x1), cv2.INTER_LINEAR)
