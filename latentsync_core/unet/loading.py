@@ -66,13 +66,13 @@ def check_state_dict(state_dict: Mapping[str, torch.Tensor], expected: Mapping[s
             f"{k}: file {list(state_dict[k].shape)} vs model {list(expected[k])}" for k in mismatched[:MAX_NAMED]
         )
         problems.append(f"{len(mismatched)} with a different shape (e.g. {shown})")
-    hint = (
-        "Check that the config matches the checkpoint (e.g. the LatentSync 1.5/1.6 stage2 config)."
-        if mismatched and not (missing or unexpected)
-        else "Select the LatentSync 1.5/1.6 latentsync_unet.pt (or a .safetensors converted from it)."
-    )
+    kind = guess_model_kind(state_dict)
+    if kind.startswith("a LatentSync U-Net (with temporal"):
+        hint = "The file is a LatentSync U-Net: check that the config matches it (e.g. the LatentSync 1.5/1.6 stage2 config)."
+    else:
+        hint = "Select the LatentSync 1.5/1.6 latentsync_unet.pt (or a .safetensors converted from it)."
     raise CheckpointError(
-        f"{name} is not a LatentSync U-Net for this config; it looks like {guess_model_kind(state_dict)}. "
+        f"{name} does not fit the LatentSync U-Net config; it looks like {kind}. "
         f"Tensors: {'; '.join(problems)}. {hint}"
     )
 

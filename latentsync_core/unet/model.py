@@ -103,6 +103,12 @@ class UNet3DConditionModel(nn.Module):
     def device(self) -> torch.device:
         return self.conv_in.weight.device
 
+    @property
+    def channels_last(self) -> bool:
+        """True after ``model.to(memory_format=torch.channels_last)``: activations then follow."""
+        w = self.conv_in.weight
+        return not w.is_meta and w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float | int,
                 encoder_hidden_states: torch.Tensor | None) -> torch.Tensor:
         from .resnet import chunk_group_norm
@@ -131,6 +137,8 @@ class UNet3DConditionModel(nn.Module):
 
         # [B, C, F, H, W] -> frame-major [B*F, C, H, W]
         x = sample.to(self.dtype).transpose(1, 2).reshape(b * frames, -1, height, width)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.conv_in(x)
         skips = [x]
         for block in self.down_blocks:

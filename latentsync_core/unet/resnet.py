@@ -20,7 +20,9 @@ def chunk_group_norm(norm: nn.GroupNorm, x: torch.Tensor, num_frames: int) -> to
     b = bf // num_frames
     video = x.view(b, num_frames, c, h, w).transpose(1, 2)  # [B, C, F, H, W] view
     out = F.group_norm(video, norm.num_groups, norm.weight, norm.bias, norm.eps)
-    return out.transpose(1, 2).reshape(bf, c, h, w)
+    result = torch.empty_like(x)  # keeps x's memory format (channels-last stays channels-last)
+    result.view(b, num_frames, c, h, w).copy_(out.transpose(1, 2))
+    return result
 
 
 class ResnetBlock3D(nn.Module):
