@@ -1,3 +1,197 @@
-"""face nodes (being built)."""
+"""Face nodes: LatentSync Face Crop & Align, LatentSync Paste Back (adapters over latentsync_core.face)."""
 
-NODE_CLASSES: list[type] = []
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+
+from ..latentsync_core.constants import MAX_FACE_GAP, RESOLUTION, SUPPORTED_RESOLUTIONS
+from ..latentsync_core.errors import InputMismatchError
+from ..latentsync_core.face import FaceAligner, fixed_mask, iter_patches
+from ..latentsync_core.face.landmarks import legacy_face_mesh_available
+from ..latentsync_core.face.task_file import ensure_task_file
+from ..latentsync_core.types import FaceTrack
+from . import comfy_bridge as bridge
+from .types import CATEGORY, LATENTSYNC_FACES
+
+logger = logging.getLogger(__name__)
+
+BATCH = 8  # frames converted to uint8 at a time (never a second copy of the whole video)
+FACE_CHOICES = ["largest", "index from left"]
+PASTE_METHODS = ["auto", "reference (OpenCV)", "fast (torch/kornia)"]
+
+
+class _Uint8Frames:
+    """A ComfyUI IMAGE ``[N, H, W, 3]`` float 0..1 seen as uint8 RGB frames, converted one at a time."""
+
+    def __init__(self, images: torch.Tensor, index: np.ndarray | None = None):
+        self.images = images
+        self.index = np.arange(len(images)) if index is None else index
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        frame = self.images[int(self.index[i])]
+        return (frame[..., :3].float() * 255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
+
+
+def _progress(total: int):
+    bar = bridge.progress_bar(total)
+
+    def update(done: int, _total: int) -> None:
+        bridge.check_interrupted()
+        bar.update_absolute(done, total)
+
+    return update
+
+
+def _task_path() -> str | None:
+    """``face_landmarker.task`` for mediapipe releases without the legacy face mesh (fetched once)."""
+    if legacy_face_mesh_available():
+        return None
+    bar = bridge.progress_bar(100)
+    return ensure_task_file(
+        bridge.model_folders()[0], progress=lambda done, total: bar.update_absolute(done * 100 // max(total, 1), 100)
+    )
+
+
+class LatentSyncFaceCropAlign:
+    NODE_ID = "LatentSyncFaceCropAlign"
+    DISPLAY_NAME = "LatentSync Face Crop & Align"
+    CATEGORY = f"{CATEGORY}/face"
+    FUNCTION = "align"
+    DESCRIPTION = (
+        "Finds the face in every frame (mediapipe face mesh) and cuts it out aligned exactly as LatentSync "
+        "was trained (official landmark smoothing, similarity transform, Lanczos warp). Short runs of frames "
+        "without a face are bridged from their neighbours; longer runs are passed through untouched by "
+        "Paste Back and listed in the node's text."
+    )
+    RETURN_TYPES = ("IMAGE", "MASK", LATENTSYNC_FACES)
+    RETURN_NAMES = ("faces", "mouth_mask", "face_track")
+    OUTPUT_TOOLTIPS = (
+        "Aligned faces [N, res, res, 3] (flat grey where no face was found).",
+        "The fixed mouth mask [1, res, res]: 1 = the region LatentSync regenerates (same for every frame).",
+        "Where each face came from (affines, found flags, frame indices): feed it to the sampler and Paste Back.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "Video frames (any size); one face per frame is aligned."}),
+                "face": (FACE_CHOICES, {"default": "largest", "tooltip": "Which face to use when there are several: the largest, or the one at face_index counting from the left."}),
+                "face_index": ("INT", {"default": 0, "min": 0, "max": 63, "tooltip": "With 'index from left': 0 = leftmost face, 1 = the next one, ..."}),
+                "max_gap_frames": ("INT", {"default": MAX_FACE_GAP, "min": 0, "max": 1000, "tooltip": "Runs of up to this many frames without a detected face are filled in from the neighbouring frames; longer runs are left untouched."}),
+                "resolution": ("INT", {"default": RESOLUTION, "min": min(SUPPORTED_RESOLUTIONS), "max": max(SUPPORTED_RESOLUTIONS), "step": 256, "tooltip": "Aligned face size: 256 for LatentSync 1.5, 512 for LatentSync 1.6 (must match the model)."}),
+            }
+        }  # fmt: skip
+
+    def align(self, images, face, face_index, max_gap_frames, resolution):
+        selection = "largest" if face == "largest" else int(face_index)
+        frames = _Uint8Frames(images)
+        aligner = FaceAligner(int(resolution), face=selection, max_gap=int(max_gap_frames), task_path=_task_path())
+        try:
+            result = aligner.align(frames, progress=_progress(2 * len(frames)))
+        finally:
+            aligner.close()
+        faces = torch.from_numpy(result.faces).float().div_(255.0)
+        mouth = torch.from_numpy(1.0 - np.clip(fixed_mask(int(resolution)), 0.0, 1.0))[None].float()
+        summary = result.summary()
+        logger.info("LatentSync Face Crop & Align: %s", summary)
+        return {"ui": {"text": [summary]}, "result": (faces, mouth, result.track)}
+
+
+class LatentSyncPasteBack:
+    NODE_ID = "LatentSyncPasteBack"
+    DISPLAY_NAME = "LatentSync Paste Back"
+    CATEGORY = f"{CATEGORY}/face"
+    FUNCTION = "paste"
+    DESCRIPTION = (
+        "Puts the generated faces back into the original frames with the official soft-edged blend. Only "
+        "the region around each face changes; frames without a face pass through untouched. Output frame i "
+        "is the original frame the face track maps face i to (the sampler may have looped or cut the video)."
+    )
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("images",)
+    OUTPUT_TOOLTIPS = ("Full frames with the new mouth, one per generated face.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "The original video frames (the ones given to Face Crop & Align)."}),
+                "faces": ("IMAGE", {"tooltip": "Generated faces from the LatentSync Sampler [N, res, res, 3]."}),
+                "face_track": (LATENTSYNC_FACES, {"tooltip": "The face track from the sampler (or from Face Crop & Align when the lengths match)."}),
+                "method": (PASTE_METHODS, {"default": "auto", "tooltip": "reference: OpenCV exactly as the official code (CPU); fast: batched torch/kornia on the GPU (bilinear, within 1 grey level); auto: fast on a GPU, reference on CPU."}),
+            }
+        }  # fmt: skip
+
+    def paste(self, images, faces, face_track: FaceTrack, method="auto"):
+        _check_inputs(images, faces, face_track)
+        device = bridge.compute_device()
+        fast = method.startswith("fast") or (method == "auto" and torch.device(device).type != "cpu")
+        n = len(face_track)
+        out = torch.empty((n, *images.shape[1:3], 3), dtype=torch.float32)
+        originals = _Uint8Frames(images, face_track.frame_index)
+        progress = _progress(n)
+        for start in range(0, n, BATCH):
+            stop = min(n, start + BATCH)
+            for i in range(start, stop):
+                out[i] = images[int(face_track.frame_index[i])][..., :3]
+            patches = iter_patches(
+                _Slice(originals, start, stop),
+                (faces[start:stop, ..., :3].float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy(),
+                face_track.affines[start:stop],
+                face_track.found[start:stop],
+                fast=fast,
+                device=device,
+                batch_size=BATCH,
+            )
+            for i, patch, (y0, y1, x0, x1) in patches:
+                out[start + i, y0:y1, x0:x1] = torch.from_numpy(patch).float().div_(255.0)
+            progress(stop, n)
+        return (out,)
+
+
+class _Slice:
+    """frames[start:stop] of a lazily converted frame sequence."""
+
+    def __init__(self, frames, start: int, stop: int):
+        self.frames, self.start, self.stop = frames, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.frames[self.start + int(i)]
+
+
+def _check_inputs(images, faces, track) -> None:
+    if not isinstance(track, FaceTrack):
+        raise InputMismatchError("face_track must come from LatentSync Face Crop & Align (or the LatentSync Sampler)")
+    if len(faces) != len(track):
+        raise InputMismatchError(
+            f"{len(faces)} generated faces but the face track has {len(track)} entries: connect the face track "
+            "that the sampler outputs (it matches the generated length)."
+        )
+    if tuple(images.shape[1:3]) != tuple(track.frame_size):
+        raise InputMismatchError(
+            f"the images are {images.shape[2]}x{images.shape[1]} but the faces were aligned on "
+            f"{track.frame_size[1]}x{track.frame_size[0]} frames: connect the same video to both nodes."
+        )
+    if len(track) and int(np.max(track.frame_index)) >= len(images):
+        raise InputMismatchError(
+            f"the face track refers to frame {int(np.max(track.frame_index))} but only {len(images)} images "
+            "are connected: connect the same video that went into Face Crop & Align."
+        )
+    if tuple(faces.shape[1:3]) != (track.resolution, track.resolution):
+        raise InputMismatchError(
+            f"generated faces are {faces.shape[2]}x{faces.shape[1]}, the face track expects "
+            f"{track.resolution}x{track.resolution}: use the same resolution for alignment and model."
+        )
+
+
+NODE_CLASSES: list[type] = [LatentSyncFaceCropAlign, LatentSyncPasteBack]

@@ -7,7 +7,7 @@ track: the ``FaceTrack``); ``paste_back(frames, faces, affines)`` puts generated
 
 from .aligner import AlignmentResult, FaceAligner, select_face
 from .landmarks import MESH_TO_68, LegacyFaceMesh, TasksFaceLandmarker, open_backend
-from .paste import fixed_mask, paste_back, paste_back_track
+from .paste import fixed_mask, iter_patches, paste_back, paste_back_track
 from .task_file import ensure_task_file
 
 __all__ = [
@@ -18,6 +18,7 @@ __all__ = [
     "TasksFaceLandmarker",
     "ensure_task_file",
     "fixed_mask",
+    "iter_patches",
     "open_backend",
     "paste_back",
     "paste_back_track",

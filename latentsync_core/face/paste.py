@@ -189,6 +189,43 @@ def restore_batch_torch(frames: torch.Tensor, crop_faces: torch.Tensor, affines:
     return results
 
 
+def iter_patches(
+    frames: np.ndarray,
+    faces,
+    affines: np.ndarray,
+    found: np.ndarray | None = None,
+    *,
+    fast: bool = False,
+    device: str | torch.device = "cpu",
+    batch_size: int = 8,
+):
+    """Yield ``(i, patch, (y0, y1, x0, x1))`` for every frame that gets a face: the restored frame i is
+    ``frames[i]`` with ``[y0:y1, x0:x1] = patch`` (uint8 numpy). Arguments as ``paste_back``; frames
+    marked not-found (or with NaN affines) yield nothing."""
+    affines = np.asarray(affines, dtype=np.float64)
+    n = len(frames)
+    if not (len(faces) == n == len(affines)):
+        raise ValueError(f"paste_back: {n} frames, {len(faces)} faces and {len(affines)} affines must match")
+    ok = np.isfinite(affines).all(axis=(1, 2))
+    if found is not None:
+        ok &= np.asarray(found, dtype=bool)
+    size = crop_size(int(faces.shape[1]))
+    todo = np.flatnonzero(ok)
+    for start in range(0, len(todo), batch_size):
+        idx = todo[start : start + batch_size]
+        crops = faces_to_crop(faces[idx], size)
+        batch = np.stack([np.asarray(frames[i]) for i in idx])
+        if fast:
+            tensors = restore_batch_torch(
+                torch.from_numpy(batch).to(device), torch.from_numpy(crops).to(device), affines[idx]
+            )
+            results = [(patch.cpu().numpy(), box) for patch, box in tensors]
+        else:
+            results = [restore_frame(f, c, a) for f, c, a in zip(batch, crops, affines[idx])]
+        for i, (patch, box) in zip(idx, results):
+            yield int(i), patch, box
+
+
 def paste_back(
     frames: np.ndarray,
     faces,
@@ -204,33 +241,15 @@ def paste_back(
     frames: uint8 ``[N, H, W, 3]`` RGB originals; faces: ``[N, res, res, 3]`` generated faces (uint8, or
     float 0..1); affines: ``[N, 2, 3]`` image -> crop (as ``FaceAligner`` made them, for the crop size of
     ``res``); found: optional bool ``[N]``: frames marked False (or with NaN affines) pass through.
-    fast: use the batched torch/kornia path on ``device``. Returns uint8 ``[N, H, W, 3]`` (a new array).
+    fast: use the batched torch/kornia path on ``device``. Returns uint8 ``[N, H, W, 3]`` (a new array;
+    pixels outside each warped crop's window are copies of the input).
     """
-    frames = np.asarray(frames)
-    affines = np.asarray(affines, dtype=np.float64)
-    n = len(frames)
-    if not (len(faces) == n == len(affines)):
-        raise ValueError(f"paste_back: {n} frames, {len(faces)} faces and {len(affines)} affines must match")
-    ok = np.isfinite(affines).all(axis=(1, 2))
-    if found is not None:
-        ok &= np.asarray(found, dtype=bool)
-    out = frames.copy()
-    size = crop_size(int(faces.shape[1]))
-    todo = np.flatnonzero(ok)
-    for start in range(0, len(todo), batch_size):
-        idx = todo[start : start + batch_size]
-        crops = faces_to_crop(faces[idx], size)
-        for i, (patch, (y0, y1, x0, x1)) in zip(idx, _restore_many(frames[idx], crops, affines[idx], fast, device)):
-            out[i, y0:y1, x0:x1] = patch
+    out = np.array(frames, dtype=np.uint8, copy=True)
+    for i, patch, (y0, y1, x0, x1) in iter_patches(
+        frames, faces, affines, found, fast=fast, device=device, batch_size=batch_size
+    ):
+        out[i, y0:y1, x0:x1] = patch
     return out
-
-
-def _restore_many(frames: np.ndarray, crops: np.ndarray, affines: np.ndarray, fast: bool, device):
-    """(patch numpy uint8, box) per frame, by either path."""
-    if not fast:
-        return [restore_frame(f, c, a) for f, c, a in zip(frames, crops, affines)]
-    results = restore_batch_torch(torch.from_numpy(frames).to(device), torch.from_numpy(crops).to(device), affines)
-    return [(patch.cpu().numpy(), box) for patch, box in results]
 
 
 def paste_back_track(frames, faces, track: FaceTrack, **kwargs) -> np.ndarray:
