@@ -13,6 +13,8 @@ HOP_LENGTH = 160  # whisper STFT hop -> 100 mel frames per second
 N_MELS = 80
 WHISPER_WINDOW_SECONDS = 30  # whisper encodes fixed 30 s windows
 WHISPER_STEPS_PER_SECOND = 50  # encoder output rate (mel frames / 2)
+WHISPER_SEAMLESS_HOP_SECONDS = 20  # seam-free mode: 30 s windows every 20 s (>= 5 s context each side)
+WHISPER_SEAMLESS_CROSSFADE_SECONDS = 2  # seam-free mode: hand-over between two windows
 WHISPER_LAYERS = 5  # input embedding + 4 encoder blocks, stacked
 AUDIO_EMBED_DIM = 384  # whisper-tiny width == U-Net cross-attention dim
 AUDIO_CONTEXT_BEFORE = 4  # a video frame takes whisper steps center-4 ...

@@ -1,0 +1,194 @@
+"""Whisper features at 50 steps per second, and the per-video-frame windows the U-Net attends to.
+
+Whisper encodes fixed 30 s windows. The official code cuts the clip's log-mel into independent 30 s
+windows (zero-padding the last), which leaves a seam every 30 s: steps near a window edge see no
+context beyond it. ``mode="seamless"`` (the default) encodes overlapping windows and takes every step
+from the window in which it is farthest from an edge; on clips up to 30 s both modes are one window
+and give identical (official) features.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..constants import (
+    AUDIO_CONTEXT_AFTER,
+    AUDIO_CONTEXT_BEFORE,
+    DEFAULT_FPS,
+    HOP_LENGTH,
+    SAMPLE_RATE,
+    WHISPER_SEAMLESS_CROSSFADE_SECONDS,
+    WHISPER_SEAMLESS_HOP_SECONDS,
+    WHISPER_STEPS_PER_SECOND,
+)
+from ..errors import AudioError
+from ..types import FrameAudio
+from .io import to_whisper_input
+from .mel import log_mel
+
+MODES = ("seamless", "official")
+MEL_FRAMES_PER_STEP = 2  # whisper's second convolution has stride 2
+Progress = Callable[[int, int], None]  # (windows done, windows total)
+
+
+def num_frames_for_duration(seconds: float, fps: float = DEFAULT_FPS) -> int:
+    """Video frames that cover ``seconds`` of audio at ``fps``: ``round(seconds * fps)`` (halves up).
+
+    The one rule for the output length of a lip-sync job (the official code makes two extra frames).
+    """
+    if fps <= 0 or not math.isfinite(fps):
+        raise AudioError(f"fps must be a positive number, got {fps}.")
+    return max(0, math.floor(seconds * fps + 0.5))
+
+
+def audio_features(
+    whisper,
+    waveform: Any,
+    sample_rate: int,
+    mode: str = "seamless",
+    progress: Progress | None = None,
+) -> torch.Tensor:
+    """Whisper hidden states of a clip, 50 steps per second.
+
+    Args:
+        whisper: a :class:`~.whisper.WhisperAudioEncoder` (from :func:`~.whisper.load_whisper`).
+        waveform: samples in [-1, 1], ``[T]``, ``[C, T]`` or ``[B, C, T]`` (first item), any channels.
+        sample_rate: rate of ``waveform`` in Hz (resampled to 16 kHz mono with libswresample).
+        mode: ``"seamless"`` (overlapping windows, no 30 s seams) or ``"official"`` (independent 30 s
+            windows, bit-for-bit the official behaviour). Identical on clips up to 30 s.
+        progress: called with (windows done, windows total) after each 30 s window.
+
+    Returns:
+        float32 ``[L, 5, 384]`` on the CPU, ``L = samples_16k // 320``: input embedding + 4 block outputs.
+
+    Raises:
+        AudioError: empty, too short (< 20 ms), NaN/Inf samples, unknown mode.
+    """
+    return features_from_log_mel(whisper, log_mel(whisper_waveform(waveform, sample_rate)), mode, progress)
+
+
+def whisper_waveform(waveform: Any, sample_rate: int) -> torch.Tensor:
+    """Validated float32 ``[T]`` mono 16 kHz samples, long enough for one whisper step."""
+    wave = to_whisper_input(waveform, sample_rate)
+    min_samples = HOP_LENGTH * MEL_FRAMES_PER_STEP
+    if wave.numel() < min_samples:
+        raise AudioError(
+            f"The audio is too short ({wave.numel() / SAMPLE_RATE * 1000:.1f} ms); it needs at least "
+            f"{min_samples / SAMPLE_RATE * 1000:.0f} ms."
+        )
+    return wave
+
+
+@torch.inference_mode()
+def features_from_log_mel(whisper, mel: torch.Tensor, mode: str = "seamless", progress: Progress | None = None) -> torch.Tensor:
+    """Whisper hidden states float32 ``[T // 2, 5, 384]`` from a whole-clip log-mel ``[80, T]``
+    (see :func:`audio_features`)."""
+    if mode not in MODES:
+        raise AudioError(f"Unknown audio feature mode {mode!r}; use one of {MODES}.")
+    frames = int(mel.shape[-1])
+    window = whisper.window_frames
+    steps = frames // MEL_FRAMES_PER_STEP
+    if steps == 0:
+        raise AudioError("The audio is too short for whisper (needs at least 20 ms).")
+    if mode == "official" or frames <= window:
+        starts = list(range(0, frames, window))
+    else:
+        hop = WHISPER_SEAMLESS_HOP_SECONDS * SAMPLE_RATE // HOP_LENGTH
+        starts = [k * hop for k in range(math.ceil((frames - window) / hop) + 1)]
+    weights = _window_weights(starts, steps, whisper.n_ctx, overlapping=mode != "official" and len(starts) > 1)
+    out = None
+    for k, start in enumerate(starts):
+        chunk = mel[:, start : start + window]
+        chunk = F.pad(chunk, (0, window - chunk.shape[-1]))  # the official code pads the mel with 0
+        hidden = whisper(chunk[None])[0].float().cpu()  # [n_ctx, 5, width]
+        if out is None:
+            out = hidden.new_zeros((steps, *hidden.shape[1:]))
+        first = start // MEL_FRAMES_PER_STEP
+        mine = np.flatnonzero(weights[k])
+        w = weights[k][mine]
+        picked = hidden[torch.from_numpy(mine - first)]
+        if (w == 1.0).all():  # the steps this window owns alone: copied exactly
+            out[torch.from_numpy(mine)] = picked
+        else:
+            out[torch.from_numpy(mine)] += torch.from_numpy(w).float()[:, None, None] * picked
+        if progress is not None:
+            progress(k + 1, len(starts))
+    return out
+
+
+def _window_weights(starts: list[int], steps: int, n_ctx: int, overlapping: bool) -> np.ndarray:
+    """float64 ``[windows, steps]``: how much of each step comes from each window (columns sum to 1).
+
+    Without overlap (official), window k owns the steps it starts with. With overlap, each step comes
+    from the window in which it has the most context: consecutive windows hand over in the middle of
+    their overlap. The hand-over is a linear cross-fade over ``WHISPER_SEAMLESS_CROSSFADE_SECONDS``,
+    because whisper's hidden states also encode the position inside the window (its positional
+    embedding), which differs between two windows; a hard switch would itself be a seam.
+    """
+    t = np.arange(steps)
+    begin = np.asarray(starts) // MEL_FRAMES_PER_STEP
+    if not overlapping:
+        owner = np.searchsorted(begin, t, side="right") - 1
+        return (owner[None] == np.arange(len(begin))[:, None]).astype(np.float64)
+    fade = WHISPER_SEAMLESS_CROSSFADE_SECONDS * WHISPER_STEPS_PER_SECOND
+    ramps = [np.ones(steps)]  # ramps[k]: share of window k against window k-1
+    for k in range(1, len(begin)):
+        overlap = begin[k - 1] + n_ctx - begin[k]
+        if overlap < fade:
+            raise ValueError(f"windows overlap by {overlap} steps, less than the {fade}-step cross-fade")
+        middle = begin[k] + overlap / 2
+        ramps.append(np.clip((t + 0.5 - (middle - fade / 2)) / fade, 0.0, 1.0))
+    ramps.append(np.zeros(steps))
+    return np.stack([ramps[k] * (1.0 - ramps[k + 1]) for k in range(len(begin))])
+
+
+def frame_audio_chunks(features: torch.Tensor, num_frames: int, fps: float = DEFAULT_FPS) -> torch.Tensor:
+    """Per-video-frame audio windows.
+
+    Frame ``i`` takes whisper steps ``c-4 … c+5`` with ``c = int(i * 50 / fps)``, clamped to the valid
+    steps, flattened time-major then layer (as the official ``get_sliced_feature``).
+
+    Args:
+        features: ``[L, 5, 384]`` from :func:`audio_features`.
+        num_frames: how many frames to make (see :func:`num_frames_for_duration`).
+        fps: video frame rate.
+
+    Returns:
+        ``[num_frames, 50, 384]``, dtype and device of ``features``.
+    """
+    if features.ndim != 3 or features.shape[0] == 0:
+        raise AudioError(f"Expected whisper features [steps, layers, width], got shape {tuple(features.shape)}.")
+    if fps <= 0 or not math.isfinite(fps):
+        raise AudioError(f"fps must be a positive number, got {fps}.")
+    steps, layers, width = features.shape
+    # the same float64 arithmetic as the official int(i * 50 / fps)
+    centers = (np.arange(max(int(num_frames), 0)) * WHISPER_STEPS_PER_SECOND / float(fps)).astype(np.int64)
+    offsets = np.arange(-AUDIO_CONTEXT_BEFORE, AUDIO_CONTEXT_AFTER + 1)
+    index = np.clip(centers[:, None] + offsets[None], 0, steps - 1)
+    picked = features[torch.from_numpy(index).to(features.device)]  # [N, 10, layers, width]
+    return picked.reshape(len(centers), len(offsets) * layers, width)
+
+
+def embed_audio(
+    whisper,
+    waveform: Any,
+    sample_rate: int,
+    fps: float = DEFAULT_FPS,
+    mode: str = "seamless",
+    num_frames: int | None = None,
+    progress: Progress | None = None,
+) -> FrameAudio:
+    """Everything the sampler needs from a clip: per-frame windows for ``num_frames`` frames at ``fps``
+    (default: :func:`num_frames_for_duration` of the clip) and the 16 kHz mono waveform ``[1, T]``."""
+    wave = whisper_waveform(waveform, sample_rate)
+    if num_frames is None:
+        num_frames = num_frames_for_duration(wave.numel() / SAMPLE_RATE, fps)
+    features = features_from_log_mel(whisper, log_mel(wave), mode, progress)
+    chunks = frame_audio_chunks(features, num_frames, fps).contiguous()
+    return FrameAudio(chunks=chunks, fps=float(fps), waveform=wave[None].contiguous(), sample_rate=SAMPLE_RATE)
