@@ -170,7 +170,7 @@ class _Slice:
 
 
 def _check_inputs(images, faces, track) -> None:
-    if not isinstance(track, FaceTrack):
+    if not all(hasattr(track, name) for name in ("affines", "found", "frame_index", "frame_size", "resolution")):
         raise InputMismatchError("face_track must come from LatentSync Face Crop & Align (or the LatentSync Sampler)")
     if len(faces) != len(track):
         raise InputMismatchError(

@@ -1,0 +1,113 @@
+"""The two face nodes as ComfyUI runs them (IMAGE float tensors, UI text, progress, interruption)."""
+
+from __future__ import annotations
+
+import importlib
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import FIXTURES
+
+from latentsync_core.face.landmarks import legacy_face_mesh_available
+
+pytestmark = pytest.mark.skipif(not legacy_face_mesh_available(), reason="needs mediapipe <= 0.10.21")
+
+
+def core(pack, module):
+    """A module of latentsync_core as the pack imported it (its classes differ from top-level ones)."""
+    return importlib.import_module(f"{pack.__name__}.latentsync_core.{module}")
+
+
+def golden_frame(i):
+    return cv2.cvtColor(cv2.imread(str(FIXTURES / "face" / f"detect_{i}.png")), cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="module")
+def video():
+    """IMAGE [6, 480, 640, 3]: face, face, blank, face, blank x2 (a 1-frame gap and a 2-frame tail)."""
+    face0, face15 = golden_frame(0), golden_frame(15)
+    blank = np.full_like(face0, 30)
+    frames = np.stack([face0, face15, blank, face0, blank, blank])
+    return torch.from_numpy(frames).float() / 255.0
+
+
+def run_align(pack, images, **kw):
+    node = pack.NODE_CLASS_MAPPINGS["LatentSyncFaceCropAlign"]()
+    args = {"face": "largest", "face_index": 0, "max_gap_frames": 1, "resolution": 256} | kw
+    return node.align(images, **args)
+
+
+def test_crop_align_node(pack, video):
+    import comfy.utils
+
+    comfy.utils.UPDATES.clear()
+    out = run_align(pack, video)
+    faces, mask, track = out["result"]
+    assert faces.shape == (6, 256, 256, 3) and faces.dtype == torch.float32
+    assert 0.0 <= faces.min() and faces.max() <= 1.0
+    assert mask.shape == (1, 256, 256) and set(mask.unique().tolist()) == {0.0, 1.0}
+    assert mask[0, 200, 128] == 1.0 and mask[0, 40, 128] == 0.0  # 1 = mouth region that is regenerated
+    assert isinstance(track, core(pack, "types").FaceTrack) and track.frame_size == (480, 640)
+    assert track.found.tolist() == [True, True, True, True, False, False]
+    (text,) = out["ui"]["text"]
+    assert "1 bridged (frames 2)" in text and "NO FACE in 2 frames" in text and "4-5" in text
+    assert comfy.utils.UPDATES[-1] == (12, 12)  # two passes over 6 frames
+
+
+def test_paste_back_node_loops_and_keeps_untouched_frames_bit_identical(pack, video):
+    _, _, track = run_align(pack, video)["result"]
+    faces = torch.rand((len(track), 256, 256, 3))
+    looped = track.take([0, 1, 2, 3, 4, 5, 4, 3])  # the sampler ping-ponged the video
+    faces_looped = faces[[0, 1, 2, 3, 4, 5, 4, 3]]
+    node = pack.NODE_CLASS_MAPPINGS["LatentSyncPasteBack"]()
+    (out,) = node.paste(video, faces_looped, looped, "reference (OpenCV)")
+    assert out.shape == (8, 480, 640, 3)
+    torch.testing.assert_close(out[4], video[4], rtol=0, atol=0)  # no face: untouched
+    torch.testing.assert_close(out[6], video[4], rtol=0, atol=0)
+    changed = (out[0] != video[0]).any(-1)
+    ys, xs = torch.nonzero(changed, as_tuple=True)
+    assert 0 < len(ys) < 0.2 * 480 * 640  # only around the face
+    torch.testing.assert_close(out[7], out[3], rtol=0, atol=0)  # same frame, same face
+    (fast,) = node.paste(video, faces_looped, looped, "fast (torch/kornia)")
+    assert (fast - out).abs().mean() * 255 < 1.0
+    (auto,) = node.paste(video, faces_looped, looped, "auto")  # CPU here: the reference path
+    torch.testing.assert_close(auto, out, rtol=0, atol=0)
+
+
+def test_paste_back_node_input_errors(pack, video):
+    InputMismatchError = core(pack, "errors").InputMismatchError
+    _, _, track = run_align(pack, video)["result"]
+    node = pack.NODE_CLASS_MAPPINGS["LatentSyncPasteBack"]()
+    faces = torch.rand((len(track), 256, 256, 3))
+    with pytest.raises(InputMismatchError, match="face track has 6"):
+        node.paste(video, faces[:5], track)
+    with pytest.raises(InputMismatchError, match="aligned on 640x480"):
+        node.paste(video[:, :240], faces, track)
+    with pytest.raises(InputMismatchError, match="only 3 images"):
+        node.paste(video[:3], faces, track)
+    with pytest.raises(InputMismatchError, match="512x512"):
+        node.paste(video, torch.rand((6, 512, 512, 3)), track)
+    with pytest.raises(InputMismatchError):
+        node.paste(video, faces, "not a track")
+
+
+def test_crop_align_interrupt(pack, video):
+    import comfy.model_management as mm
+
+    mm.interrupt_current_processing(True)
+    with pytest.raises(mm.InterruptProcessingException):
+        run_align(pack, video)
+    assert not mm.processing_interrupted()
+
+
+def test_crop_align_face_index_and_no_face(pack, video):
+    FaceError = core(pack, "errors").FaceError
+
+    out = run_align(pack, video[:1], face="index from left", face_index=0)
+    assert out["result"][2].found.tolist() == [True]
+    with pytest.raises(FaceError, match="face #1"):
+        run_align(pack, video[:1], face="index from left", face_index=1)
+    with pytest.raises(FaceError, match="no face found"):
+        run_align(pack, video[4:])
