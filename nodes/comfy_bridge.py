@@ -54,6 +54,24 @@ def model_path(name: str) -> str | None:
     return folder_paths.get_full_path(MODEL_FOLDER, name)
 
 
+def input_files(suffixes: tuple[str, ...]) -> list[str]:
+    """Files directly in ComfyUI's input folder whose names end with one of ``suffixes`` (any case)."""
+    folder = folder_paths.get_input_directory()
+    if not os.path.isdir(folder):
+        return []
+    names = [n for n in os.listdir(folder) if os.path.isfile(os.path.join(folder, n))]
+    return sorted(n for n in names if n.lower().endswith(suffixes))
+
+
+def input_path(name: str) -> str:
+    """Absolute path of an input-folder file name as upload widgets give it (``"x.wav"``, ``"x.wav [output]"``)."""
+    return folder_paths.get_annotated_filepath(name)
+
+
+def input_exists(name: str) -> bool:
+    return bool(folder_paths.exists_annotated_filepath(name))
+
+
 def progress_bar(total: int):
     """ComfyUI's progress bar (shown on the running node)."""
     return comfy.utils.ProgressBar(total)
