@@ -33,6 +33,7 @@ _LAZY = {
     "frame_audio_chunks": ".audio",
     "num_frames_for_duration": ".audio",
     "load_audio_file": ".audio",
+    "embed_audio": ".audio",
     "FaceAligner": ".face",
     "AlignmentResult": ".face",
     "paste_back": ".face",

@@ -85,7 +85,7 @@ def whisper_waveform(waveform: Any, sample_rate: int) -> torch.Tensor:
     return wave
 
 
-@torch.inference_mode()
+@torch.no_grad()
 def features_from_log_mel(whisper, mel: torch.Tensor, mode: str = "seamless", progress: Progress | None = None) -> torch.Tensor:
     """Whisper hidden states float32 ``[T // 2, 5, 384]`` from a whole-clip log-mel ``[80, T]``
     (see :func:`audio_features`)."""
