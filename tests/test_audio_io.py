@@ -94,6 +94,10 @@ def test_decodes_audio_files_and_video_tracks(tmp_path, ext, codec, video, fmt):
     assert wave_.abs().max() <= 1.01
     for c in range(2):  # channel order and content survive
         assert best_correlation(wave_[c].numpy(), src[c]) > 0.95
+    # a part is exactly those samples of the whole (no seek offsets from codec delay or timestamps)
+    part, _ = load_audio_file(path, start=0.2, duration=0.25)
+    first = round(0.2 * rate)
+    assert torch.equal(part, wave_[:, first : first + round(0.25 * rate)])
 
 
 def test_mono_and_16k_option(tmp_path):

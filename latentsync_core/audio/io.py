@@ -73,12 +73,11 @@ def load_audio_file(
             what = "a video without an audio track" if container.streams.video else "a file without an audio track"
             raise AudioError(f"{name} is {what}: choose a file with sound, or load the audio separately.")
         try:
-            samples, rate, first_time = _decode(container, container.streams.audio[0], start, duration)
+            samples, rate, dropped = _decode(container.decode(container.streams.audio[0]), start, duration)
         except ffmpeg_error as exc:
             raise AudioError(f"{name}: decoding the audio track failed ({exc}).") from exc
-    total_seconds = first_time + samples.shape[1] / rate
-    skip = max(0, round((start - first_time) * rate)) if start > 0 else 0
-    samples = samples[:, skip:]
+    total_seconds = (dropped + samples.shape[1]) / rate
+    samples = samples[:, round(start * rate) - dropped :]
     if duration is not None and duration > 0:
         samples = samples[:, : round(duration * rate)]
     if samples.shape[1] == 0:
@@ -94,40 +93,38 @@ def load_audio_file(
     return waveform, rate
 
 
-def _decode(container, stream, start: float, duration: float | None) -> tuple[np.ndarray, int, float]:
-    """Decode ``stream`` from about ``start`` on: float32 ``[C, N]``, its rate, the time of sample 0."""
-    seeked = False
-    if start > 0 and stream.time_base is not None:
-        try:
-            container.seek(int(start / stream.time_base), stream=stream, backward=True)
-            seeked = True
-        except _ffmpeg_error():  # unseekable input: decode from the beginning and skip
-            container.seek(0)
+def _decode(frames, start: float, duration: float | None) -> tuple[np.ndarray, int, int]:
+    """Decode an audio stream (``frames``: its decoded frames) -> float32 ``[C, N]``, its rate, and how
+    many samples before ``start`` were dropped without being kept.
+
+    Always from the beginning, then cut by sample count: after a seek, codec delay (mp3's 1105 samples)
+    and coarse container timestamps (Matroska's 1 ms) put the first sample off by up to tens of samples;
+    counting from the start gives exactly the samples a full decode has. Stops once past ``start +
+    duration``.
+    """
     converter = None
     rate = 0
-    first_time = None
     blocks: list[np.ndarray] = []
-    have = 0
-    for frame in container.decode(stream):
+    have = dropped = 0
+    for frame in frames:
         if converter is None:
             rate = frame.sample_rate
-            layout = frame.layout.name
-            # same rate and layout: a pure conversion of the sample format to float planar
-            converter = av.AudioResampler(format="fltp", layout=layout, rate=rate)
-            first_time = frame.time if (seeked and frame.time is not None) else 0.0
+            # same rate and layout: only the sample format changes (to float planar)
+            converter = av.AudioResampler(format="fltp", layout=frame.layout.name, rate=rate)
         for out in converter.resample(frame):
             block = out.to_ndarray()
-            blocks.append(block)
             have += block.shape[1]
-        if duration is not None and duration > 0 and first_time + have / rate > start + duration + 1.0:
-            break  # enough decoded (one second of slack for the seek position)
+            if have <= round(start * rate):  # wholly before start: not kept
+                dropped += block.shape[1]
+            else:
+                blocks.append(block)
+        if duration is not None and duration > 0 and have > (start + duration) * rate:
+            break
     if converter is not None:
-        for out in converter.resample(None):
-            block = out.to_ndarray()
-            blocks.append(block)
+        blocks.extend(out.to_ndarray() for out in converter.resample(None))
     if not blocks:
-        return np.zeros((1, 0), np.float32), max(rate, 1), 0.0
-    return np.concatenate(blocks, axis=1).astype(np.float32, copy=False), rate, float(first_time or 0.0)
+        return np.zeros((1, 0), np.float32), max(rate, 1), dropped
+    return np.concatenate(blocks, axis=1).astype(np.float32, copy=False), rate, dropped
 
 
 def resample(waveform: torch.Tensor, rate_in: int, rate_out: int) -> torch.Tensor:
