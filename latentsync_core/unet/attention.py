@@ -110,7 +110,7 @@ class SpatialTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None) -> torch.Tensor:
         n, c, h, w = x.shape
-        tokens = self.proj_in(self.norm(x)).permute(0, 2, 3, 1).reshape(n, h * w, c)
+        tokens = self.proj_in(self.norm(x)).permute(0, 2, 3, 1).reshape(n, h * w, c).contiguous()
         for block in self.transformer_blocks:
             tokens = block(tokens, context)
         out = self.proj_out(tokens.view(n, h, w, c).permute(0, 3, 1, 2))

@@ -102,7 +102,9 @@ class TemporalTransformer3DModel(nn.Module):
         bf, c, h, w = x.shape
         b = bf // num_frames
         # [B*F, C, H, W] -> [B, H, W, F, C] -> tokens [B*H*W, F, C]
-        tokens = self.norm(x).view(b, num_frames, c, h, w).permute(0, 3, 4, 1, 2).reshape(b * h * w, num_frames, c)
+        tokens = self.norm(x).view(b, num_frames, c, h, w).permute(0, 3, 4, 1, 2)
+        # reshape alone can return a strided view here, which turns every Linear into a slow batched matmul
+        tokens = tokens.reshape(b * h * w, num_frames, c).contiguous()
         tokens = self.proj_in(tokens)
         for block in self.transformer_blocks:
             tokens = block(tokens)
