@@ -25,17 +25,6 @@ DEVICES = ["auto", "cpu"]
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
-def _progress():
-    """A ``(done, total)`` callback driving ComfyUI's progress bar; raises on Cancel."""
-    bar = bridge.progress_bar(1)
-
-    def update(done: int, total: int) -> None:
-        bar.update_absolute(done, total)
-        bridge.check_interrupted()
-
-    return update
-
-
 class LatentSyncLoadAudio:
     NODE_ID = "LatentSyncLoadAudio"
     DISPLAY_NAME = "LatentSync Load Audio"
@@ -177,7 +166,7 @@ class LatentSyncWhisperEmbedding:
 
     def embed(self, audio, whisper, fps: float = DEFAULT_FPS, mode: str = MODES[0]):
         waveform, rate = comfy_audio_parts(audio)
-        frame_audio = embed_audio(whisper, waveform, rate, fps=fps, mode=mode, progress=_progress())
+        frame_audio = embed_audio(whisper, waveform, rate, fps=fps, mode=mode, progress=bridge.progress_callback())
         return (frame_audio, frame_audio.num_frames)
 
 

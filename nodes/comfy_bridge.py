@@ -77,6 +77,18 @@ def progress_bar(total: int):
     return comfy.utils.ProgressBar(total)
 
 
+def progress_callback(total: int | None = None):
+    """A ``(done, total)`` callback for latentsync_core loops: drives ComfyUI's progress bar (``total``,
+    else the total the loop reports) and raises ComfyUI's interrupt exception on Cancel."""
+    bar = progress_bar(total or 1)
+
+    def update(done: int, reported_total: int) -> None:
+        bar.update_absolute(done, total or reported_total)
+        check_interrupted()
+
+    return update
+
+
 def check_interrupted() -> None:
     """Raise ComfyUI's interrupt exception if the user pressed Cancel."""
     model_management.throw_exception_if_processing_interrupted()
@@ -96,3 +108,20 @@ def intermediate_device():
 
 def soft_empty_cache() -> None:
     model_management.soft_empty_cache()
+
+
+def is_device_cpu(device) -> bool:
+    return model_management.is_device_cpu(device)
+
+
+def should_use_bf16(device, model_params: int = 0) -> bool:
+    return bool(model_management.should_use_bf16(device, model_params=model_params))
+
+
+def should_use_fp16(device, model_params: int = 0) -> bool:
+    return bool(model_management.should_use_fp16(device, model_params=model_params))
+
+
+def free_memory(num_bytes: int, device) -> None:
+    """Ask ComfyUI to unload its own models until ``num_bytes`` are free on ``device``."""
+    model_management.free_memory(num_bytes, device)
