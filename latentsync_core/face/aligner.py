@@ -14,6 +14,7 @@ from ..types import FaceTrack
 from .gaps import bridge_gaps, format_ranges, runs
 from .geometry import track_affines, warp_face
 from .landmarks import MESH_POINTS, LandmarkBackend, open_backend, to_68
+from .threads import default_workers, ordered_map
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class FaceAligner:
     resolution: 256 (LatentSync 1.5) or 512 (1.6). face: ``"largest"`` or the index from the left.
     max_gap: runs of up to this many frames without a face are bridged; longer runs are not-found.
     backend: a ``LandmarkBackend`` (default: the legacy face mesh when installed, else the Tasks
-    FaceLandmarker on ``task_path``).
+    FaceLandmarker on ``task_path``). workers: threads for the warps (OpenCV releases the GIL).
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class FaceAligner:
         max_gap: int = MAX_FACE_GAP,
         backend: LandmarkBackend | None = None,
         task_path: str | None = None,
+        workers: int | None = None,
     ):
         if resolution not in SUPPORTED_RESOLUTIONS:
             raise ValueError(f"resolution must be one of {SUPPORTED_RESOLUTIONS}, got {resolution}")
@@ -90,6 +92,7 @@ class FaceAligner:
         self.face = face
         self.max_gap = max_gap
         self.task_path = task_path
+        self.workers = default_workers() if workers is None else workers
         self._backend = backend
 
     @property
@@ -143,7 +146,8 @@ class FaceAligner:
         frame_size = first.shape[:2]
         res = self.resolution
         faces = np.full((n, res, res, 3), FACE_BORDER_VALUE, dtype=np.uint8)
-        for i in range(n):
+
+        def warp(i: int) -> None:
             frame = first if i == 0 else _rgb_uint8(frames[i])
             if frame.shape[:2] != frame_size:
                 raise FaceError(
@@ -151,6 +155,8 @@ class FaceAligner:
                 )
             if found[i]:
                 faces[i] = warp_face(frame, affines[i], res)
+
+        for i, _ in enumerate(ordered_map(warp, range(n), self.workers)):
             if progress is not None:
                 progress(step0 + i + 1, total or n)
         track = FaceTrack(
