@@ -37,6 +37,8 @@ _LAZY = {
     "FaceAligner": ".face",
     "AlignmentResult": ".face",
     "paste_back": ".face",
+    "paste_back_track": ".face",
+    "fixed_mask": ".face",
     "LipSyncPipeline": ".pipeline",
 }
 

@@ -35,6 +35,11 @@ CROP_BOX = (75, 100)  # (w, h) before scaling: 75*2.8 x 100*2.8 = 210 x 280 at 2
 FACE_BORDER_VALUE = 127  # constant border of the face warp (grey)
 LANDMARK_SMOOTHING = 0.3  # alpha of the official landmark smoothing
 AFFINE_BIAS_SMOOTHING = 0.2  # weight of the previous translation bias (0.8 current)
+MAX_FACE_GAP = 5  # default: frames without a face bridged by interpolating their neighbours
+FACE_LANDMARKER_FILENAME = "face_landmarker.task"  # models/latentsync/face_landmarker.task (Tasks backend)
+FACE_LANDMARKER_URL = (
+    "https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/face_landmarker.task"
+)
 
 # --- latent diffusion --------------------------------------------------------------------------
 LATENT_SCALE = 0.18215  # sd-vae-ft-mse scaling factor
