@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import urllib.error
+import zipfile
 from types import SimpleNamespace
 
 import cv2
@@ -97,8 +98,16 @@ class FakeResponse(io.BytesIO):
         self.close()
 
 
+def fake_bundle() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as bundle:  # .task files are stored zips
+        for name in ("face_detector.tflite", "face_landmarks_detector.tflite"):
+            bundle.writestr(name, os.urandom(100_000))
+    return buffer.getvalue()
+
+
 def test_task_file_download(tmp_path, monkeypatch):
-    payload = os.urandom(200_000)
+    payload = fake_bundle()
     urls = []
 
     def fake_urlopen(url, timeout):
@@ -116,12 +125,14 @@ def test_task_file_download(tmp_path, monkeypatch):
     assert ensure_task_file(str(tmp_path / "latentsync")) == path and len(urls) == 1
 
 
-@pytest.mark.parametrize("failure", ["offline", "truncated"])
+@pytest.mark.parametrize("failure", ["offline", "truncated", "not a bundle"])
 def test_task_file_offline_message_and_no_partial_file(tmp_path, monkeypatch, failure):
     def fake_urlopen(url, timeout):
         if failure == "offline":
             raise urllib.error.URLError("no network")
-        return FakeResponse(b"x" * 1000, length=5000)
+        if failure == "not a bundle":  # e.g. a captive portal's HTML page
+            return FakeResponse(b"<html>sign in</html>")
+        return FakeResponse(fake_bundle()[:5000], length=len(fake_bundle()))
 
     monkeypatch.setattr(task_file_module.urllib.request, "urlopen", fake_urlopen)
     folder = tmp_path / "models" / "latentsync"

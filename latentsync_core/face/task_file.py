@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 import urllib.request
+import zipfile
 from collections.abc import Callable
 
 from ..constants import FACE_LANDMARKER_FILENAME, FACE_LANDMARKER_URL
@@ -30,6 +31,21 @@ def offline_message(folder: str) -> str:
         "mediapipe has no built-in face mesh (mediapipe >= 0.10.30); mediapipe 0.10.21 (numpy < 2, "
         "Python <= 3.12) works offline without it."
     )
+
+
+TASK_MEMBERS = ("face_detector.tflite", "face_landmarks_detector.tflite")
+
+
+def check_task_file(path: str) -> None:
+    """Raise ``OSError`` unless ``path`` is a FaceLandmarker bundle (a zip holding both models)."""
+    try:
+        with zipfile.ZipFile(path) as bundle:
+            names = set(bundle.namelist())
+    except zipfile.BadZipFile as exc:
+        raise OSError("the downloaded file is not a .task bundle (not a zip archive)") from exc
+    missing = [name for name in TASK_MEMBERS if name not in names]
+    if missing:
+        raise OSError(f"the downloaded .task bundle lacks {', '.join(missing)}")
 
 
 def ensure_task_file(folder: str, progress: Progress | None = None, url: str = FACE_LANDMARKER_URL) -> str:
@@ -56,6 +72,7 @@ def ensure_task_file(folder: str, progress: Progress | None = None, url: str = F
                     progress(done, total)
         if total and done != total:
             raise OSError(f"incomplete download: {done} of {total} bytes")
+        check_task_file(tmp)
         os.replace(tmp, path)
     except OSError as exc:  # URLError, timeouts, disk errors
         raise ModelMissingError(f"{offline_message(folder)} ({exc})") from exc
