@@ -168,3 +168,14 @@ def test_embedding_can_be_cancelled(nodes, whisper):
             embed().embed({"waveform": torch.zeros(1, 1, 16000), "sample_rate": 16000}, whisper)
     finally:
         mm.interrupt_current_processing(False)
+
+
+def test_whisper_loader_offline_without_file_says_where_to_put_it(nodes, pack, tmp_path, monkeypatch):
+    """The default tiny.pt is fetched when missing; offline, the error names the URL and the destination."""
+    _, loader, _ = nodes
+    bridge = importlib.import_module(f"{PACK_NAME}.nodes.comfy_bridge")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(bridge, "model_path", lambda name: None)
+    monkeypatch.setattr(bridge, "model_folders", lambda: [str(tmp_path)])
+    with pytest.raises(ModelMissingError, match=r"(?s)offline.*LatentSync-1.5.*whisper/tiny.pt"):
+        loader().load("whisper/tiny.pt")
