@@ -336,3 +336,25 @@ def test_resampler_is_band_limited_not_interpolation(rate_in, rate_out):
     n = min(len(out), len(t_out))
     err = (out[200 : n - 200].double() - tone(t_out[200 : n - 200])).abs().max()
     assert err < 2e-3, err  # linear interpolation is off by ~5e-2 on the 3.1 kHz tone at 8 kHz
+
+
+@pytest.mark.parametrize("seconds", [30.02, 35.0, 50.0, 95.5, 600.0])
+def test_seamless_window_weights(seconds):
+    """Every step is a convex mix of windows that contain it, with >= 4 s of context inside them."""
+    from latentsync_core.audio.features import _window_starts, _window_weights
+
+    steps, ctx = int(seconds * 50), 1500
+    starts = _window_starts(2 * steps, 2 * ctx, "seamless")
+    assert starts[0] == 0 and starts[-1] + 2 * ctx >= 2 * steps and len(starts) == math.ceil((seconds - 30) / 20) + 1
+    assert _window_starts(2 * steps, 2 * ctx, "official") == list(range(0, 2 * steps, 2 * ctx))
+    w = _window_weights(starts, steps, ctx, overlapping=True)
+    assert w.shape == (len(starts), steps)
+    assert np.allclose(w.sum(0), 1.0) and (w >= 0).all()
+    t = np.arange(steps)
+    for k, s in enumerate(np.asarray(starts) // 2):
+        used = t[w[k] > 0]
+        assert used.min() >= s and used.max() < s + ctx  # only steps inside the window
+        left = used - s if k > 0 else np.full_like(used, 10**6)
+        right = s + ctx - 1 - used if s + ctx < steps else np.full_like(used, 10**6)
+        assert np.minimum(left, right).min() >= 4 * 50
+    assert (w.max(0) == 1.0).mean() > 0.9  # cross-fades cover only 2 s per 20 s

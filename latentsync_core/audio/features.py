@@ -96,11 +96,7 @@ def features_from_log_mel(whisper, mel: torch.Tensor, mode: str = "seamless", pr
     steps = frames // MEL_FRAMES_PER_STEP
     if steps == 0:
         raise AudioError("The audio is too short for whisper (needs at least 20 ms).")
-    if mode == "official" or frames <= window:
-        starts = list(range(0, frames, window))
-    else:
-        hop = WHISPER_SEAMLESS_HOP_SECONDS * SAMPLE_RATE // HOP_LENGTH
-        starts = [k * hop for k in range(math.ceil((frames - window) / hop) + 1)]
+    starts = _window_starts(frames, window, mode)
     weights = _window_weights(starts, steps, whisper.n_ctx, overlapping=mode != "official" and len(starts) > 1)
     out = None
     for k, start in enumerate(starts):
@@ -120,6 +116,14 @@ def features_from_log_mel(whisper, mel: torch.Tensor, mode: str = "seamless", pr
         if progress is not None:
             progress(k + 1, len(starts))
     return out
+
+
+def _window_starts(frames: int, window: int, mode: str) -> list[int]:
+    """First mel frame of each window: every 30 s (official), or every 20 s until one reaches the end."""
+    if mode == "official" or frames <= window:
+        return list(range(0, frames, window))
+    hop = WHISPER_SEAMLESS_HOP_SECONDS * SAMPLE_RATE // HOP_LENGTH
+    return [k * hop for k in range(math.ceil((frames - window) / hop) + 1)]
 
 
 def _window_weights(starts: list[int], steps: int, n_ctx: int, overlapping: bool) -> np.ndarray:
