@@ -1,0 +1,287 @@
+"""The LatentSync denoising loop: aligned faces + per-frame audio windows -> lip-synced faces.
+
+Same semantics as the official ``LipsyncPipeline.__call__`` (release 1.5): per 16-frame chunk the faces
+are normalised to [-1, 1]; masked face = face x mask (mask 1 = keep, 0 = mouth to regenerate);
+masked faces, then the unmasked faces (the reference), are VAE-encoded (posterior sampled with the
+run's generator, or its mean) and scaled by 0.18215; the mask is nearest-downsampled to the latent
+size; the U-Net sees ``[latents | mask | masked latents | reference latents]``; DDIM with
+classifier-free guidance (all-zero audio is the unconditional half, first in the batch); the decoded
+faces keep the original pixels outside the mask. One noise frame ``[1,4,1,h,w]`` drawn first from the
+generator is repeated over every frame of the video.
+
+Differences from the official code that do not change the result in float32: latents stay float32
+between scheduler steps (the U-Net runs in the model dtype), decoded faces (in 0..1 units, NOT
+clamped: paste-back resizes first and clamps after, as the official restore) move to the host as
+float16 after each chunk (device memory stays flat in video length), frames
+without a face skip the model and come back unchanged, and the video is matched to the audio length
+by :func:`latentsync_core.length.ping_pong_indices`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .constants import (
+    AUDIO_EMBED_DIM,
+    AUDIO_TOKENS_PER_FRAME,
+    CHUNK_FRAMES,
+    DDIM_SCHEDULER_CONFIG,
+    DEFAULT_GUIDANCE,
+    DEFAULT_SEED,
+    DEFAULT_STEPS,
+    LATENT_CHANNELS,
+    VAE_DOWNSCALE,
+)
+from .deepcache import DeepCache
+from .errors import FaceError, InputMismatchError, LatentSyncError
+from .face.paste import fixed_mask
+from .length import ping_pong_indices
+from .vae import VAE_ENCODE_MODES, LatentVae, as_latent_vae
+
+log = logging.getLogger(__name__)
+
+def faces_to_pixels(faces: torch.Tensor) -> torch.Tensor:
+    """Faces ``[F,H,W,3]`` (uint8 0..255 or float 0..1) -> float32 ``[F,3,H,W]`` in [-1, 1] (official
+    ``normalize(image / 255.0)``)."""
+    x = faces.float() / 255.0 if faces.dtype == torch.uint8 else faces.float()
+    return ((x - 0.5) / 0.5).permute(0, 3, 1, 2)
+
+
+@dataclass
+class SyncResult:
+    """faces: float16 ``[N,res,res,3]`` on the CPU, 0..1 units but not clamped (the decoder can overshoot), index-aligned with the (length-matched)
+    input; synced: bool ``[N]`` which of them went through the model; final_latents: per chunk
+    ``[1,4,F,h,w]`` float32 (CPU), only when asked for."""
+
+    faces: torch.Tensor
+    synced: np.ndarray
+    final_latents: list[torch.Tensor] = field(default_factory=list)
+
+
+class LipSyncPipeline:
+    """LatentSync inference on aligned faces (``sync_faces``) or on whole frames + audio (``__call__``).
+
+    unet:   a module with ``forward(sample [B,13,F,h,w], timestep, encoder_hidden_states [B*F,50,384])
+            -> [B,4,F,h,w]`` (``latentsync_core.load_unet``); its device and dtype are the run's.
+    vae:    a diffusers ``AutoencoderKL``, ComfyUI's ``VAE`` or a :mod:`latentsync_core.vae` adapter.
+    whisper / aligner: only needed by ``__call__`` (``load_whisper``, ``FaceAligner``).
+    """
+
+    def __init__(self, unet: torch.nn.Module, vae, whisper=None, scheduler_config: dict | None = None,
+                 aligner=None):
+        self.unet = unet
+        param = next(unet.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.vae: LatentVae = as_latent_vae(vae, self.device)
+        self.whisper = whisper
+        self.aligner = aligner
+        self.scheduler_config = dict(scheduler_config or DDIM_SCHEDULER_CONFIG)
+
+    # -- helpers ------------------------------------------------------------------------------------
+    def make_scheduler(self, steps: int):
+        from diffusers import DDIMScheduler
+
+        scheduler = DDIMScheduler(**self.scheduler_config)
+        scheduler.set_timesteps(steps, device=self.device)
+        return scheduler
+
+    def _unet(self, sample, t, audio):
+        out = self.unet(sample, t, encoder_hidden_states=audio)
+        return getattr(out, "sample", out)
+
+    # -- the loop -----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sync_faces(
+        self,
+        faces: torch.Tensor,
+        audio_chunks: torch.Tensor,
+        *,
+        source_index: Sequence[int] | np.ndarray | None = None,
+        found: Sequence[bool] | np.ndarray | None = None,
+        steps: int = DEFAULT_STEPS,
+        guidance: float = DEFAULT_GUIDANCE,
+        seed: int = DEFAULT_SEED,
+        generator: torch.Generator | None = None,
+        initial_latents: torch.Tensor | None = None,
+        vae_encode: str = "sample",
+        deepcache: int = 0,
+        latent_overrides: Sequence[dict] | None = None,
+        return_latents: bool = False,
+        progress: Callable[[int, int], None] | None = None,
+        check_interrupt: Callable[[], None] | None = None,
+    ) -> SyncResult:
+        """Lip-sync aligned faces to per-frame audio windows.
+
+        faces:          ``[V,res,res,3]`` uint8 or float 0..1 (host or device): the aligned faces.
+        audio_chunks:   float ``[N,50,384]``: one audio window per OUTPUT frame (``FrameAudio.chunks``).
+        source_index:   int ``[N]``: which face each output frame uses (default: the length rule,
+                        :func:`ping_pong_indices`); faces are gathered per chunk, never all at once.
+        found:          bool ``[V]`` per input face; False = no face: not sent through the model, the
+                        output is the input face.
+        steps/guidance: DDIM steps (>= 1) and CFG scale (>= 1; 1 = no unconditional pass).
+        seed/generator: the run's randomness (a CPU generator; noise is identical on every device).
+        initial_latents: ``[1,4,1,h,w]`` (repeated) or ``[1,4,N',h,w]`` with N' >= number of synced
+                        frames: replaces the drawn noise (the generator still draws it first).
+        vae_encode:     "sample" (official: posterior sample with the generator) or "mean".
+        deepcache:      0/1 = off, 2..5 = DeepCache interval (full U-Net pass every n-th step).
+        latent_overrides: per chunk, optional ``masked_image_latents`` / ``ref_latents`` ``[1,4,F,h,w]``
+                        replacing the VAE encodings (reproducing a reference run exactly).
+        progress:       called with (done, total) after every U-Net step; total = chunks x steps.
+        check_interrupt: called before every U-Net call; raise from it to stop (nothing is left
+                        changed: the U-Net is unwrapped and the next run starts clean).
+        """
+        steps, guidance, deepcache = int(steps), float(guidance), int(deepcache or 0)
+        if steps < 1:
+            raise LatentSyncError(f"steps must be at least 1 (got {steps}); 20 is the official setting.")
+        if not guidance >= 1.0:
+            raise LatentSyncError(f"guidance must be at least 1.0 (got {guidance}); 1.5 is the official setting.")
+        if vae_encode not in VAE_ENCODE_MODES:
+            raise LatentSyncError(f"vae_encode must be one of {VAE_ENCODE_MODES}, not {vae_encode!r}.")
+        if vae_encode == "sample" and not self.vae.can_sample:
+            vae_encode = "mean"
+        if faces.ndim != 4 or faces.shape[-1] != 3 or faces.shape[1] != faces.shape[2]:
+            raise InputMismatchError(f"Aligned faces must be [N,res,res,3] square images, got {tuple(faces.shape)}.")
+        resolution = int(faces.shape[1])
+        if resolution % VAE_DOWNSCALE:
+            raise InputMismatchError(f"Face resolution {resolution} is not a multiple of {VAE_DOWNSCALE}.")
+        audio_chunks = torch.as_tensor(audio_chunks)
+        if audio_chunks.ndim != 3 or tuple(audio_chunks.shape[1:]) != (AUDIO_TOKENS_PER_FRAME, AUDIO_EMBED_DIM):
+            raise InputMismatchError(
+                f"Audio windows must be [N,{AUDIO_TOKENS_PER_FRAME},{AUDIO_EMBED_DIM}], got {tuple(audio_chunks.shape)}."
+            )
+        num_out = int(audio_chunks.shape[0])
+        index = (ping_pong_indices(len(faces), num_out) if source_index is None
+                 else np.asarray(source_index, dtype=np.int64))
+        if len(index) != num_out or (num_out and (index.min() < 0 or index.max() >= len(faces))):
+            raise InputMismatchError(f"source_index must hold {num_out} indices into {len(faces)} faces.")
+        found_in = np.ones(len(faces), bool) if found is None else np.asarray(found, dtype=bool)
+        if len(found_in) != len(faces):
+            raise InputMismatchError(f"found has {len(found_in)} entries for {len(faces)} faces.")
+        synced = found_in[index]
+        todo = np.flatnonzero(synced)  # output frames that go through the model
+        if len(todo) == 0:
+            raise FaceError("No face was found in any frame: use a video where a face is visible.")
+
+        generator = generator if generator is not None else torch.Generator("cpu").manual_seed(int(seed))
+        latent_hw = resolution // VAE_DOWNSCALE
+        scheduler = self.make_scheduler(steps)
+        do_cfg = guidance > 1.0
+        # one noise frame for the whole video, drawn before anything else (as the official code)
+        noise = torch.randn((1, LATENT_CHANNELS, 1, latent_hw, latent_hw), generator=generator, dtype=torch.float32)
+        noise = noise * scheduler.init_noise_sigma
+        if initial_latents is not None:
+            noise = initial_latents.float()
+        mask = torch.tensor(fixed_mask(resolution), dtype=torch.float64).to(self.device)  # [res,res], 1 = keep
+        cache = DeepCache(self.unet, deepcache)
+        if cache.enabled and not hasattr(self.unet, "down_blocks"):
+            raise LatentSyncError("DeepCache needs the LatentSync U-Net (down_blocks/up_blocks); turn it off.")
+
+        out = torch.empty((num_out, resolution, resolution, 3), dtype=torch.float16)
+        copy_idx = np.flatnonzero(~synced)
+        if len(copy_idx):
+            out[torch.from_numpy(copy_idx)] = _faces01(faces[torch.from_numpy(index[copy_idx])]).half().cpu()
+
+        num_chunks = math.ceil(len(todo) / CHUNK_FRAMES)
+        total = num_chunks * steps
+        finals = []
+        with cache.active():
+            for c in range(num_chunks):
+                rows = todo[c * CHUNK_FRAMES:(c + 1) * CHUNK_FRAMES]
+                n = len(rows)
+                chunk_faces = faces[torch.from_numpy(index[rows]).to(faces.device)].to(self.device)
+                pixels = faces_to_pixels(chunk_faces)  # float32 [n,3,res,res] in [-1,1]
+                masked = (pixels.double() * mask).float()  # official: float32 x float64 mask
+                mask1 = mask.expand(n, 1, resolution, resolution)
+                mask_lat = F.interpolate(mask1, size=(latent_hw, latent_hw))  # nearest
+                mask_lat = mask_lat.permute(1, 0, 2, 3).unsqueeze(0).float()  # [1,1,n,h,w]
+
+                override = latent_overrides[c] if latent_overrides is not None else {}
+                masked_lat = override.get("masked_image_latents")
+                if masked_lat is None:
+                    masked_lat = _to_5d(self.vae.encode(masked, vae_encode, generator))
+                ref_lat = override.get("ref_latents")
+                if ref_lat is None:
+                    ref_lat = _to_5d(self.vae.encode(pixels, vae_encode, generator))
+                masked_lat = masked_lat.to(self.device, torch.float32)
+                ref_lat = ref_lat.to(self.device, torch.float32)
+
+                start = int(c * CHUNK_FRAMES)
+                if noise.shape[2] == 1:
+                    latents = noise.expand(-1, -1, n, -1, -1).to(self.device).clone()
+                else:
+                    latents = noise[:, :, start:start + n].to(self.device).clone()
+
+                audio = audio_chunks[torch.from_numpy(rows)].to(self.device, self.dtype)
+                cond = torch.cat([mask_lat, masked_lat, ref_lat], dim=1)
+                if do_cfg:
+                    audio = torch.cat([torch.zeros_like(audio), audio])
+                    cond = torch.cat([cond, cond])
+                cond = cond.to(self.dtype)
+
+                for j, t in enumerate(scheduler.timesteps):
+                    if check_interrupt is not None:
+                        check_interrupt()
+                    cache.step = j
+                    model_in = torch.cat([latents] * 2) if do_cfg else latents
+                    model_in = scheduler.scale_model_input(model_in, t)
+                    model_in = torch.cat([model_in.to(self.dtype), cond], dim=1)
+                    pred = self._unet(model_in, t, audio).float()
+                    if do_cfg:
+                        uncond, audio_pred = pred.chunk(2)
+                        pred = uncond + guidance * (audio_pred - uncond)
+                    latents = scheduler.step(pred, t, latents).prev_sample
+                    if progress is not None:
+                        progress(c * steps + j + 1, total)
+
+                if return_latents:
+                    finals.append(latents.cpu())
+                decoded = self.vae.decode(latents[0].permute(1, 0, 2, 3))  # [n,3,res,res]
+                keep = mask.float()  # official: decoded * (1 - mask) + original * mask
+                merged = decoded * (1 - keep) + pixels * keep
+                merged = (merged / 2 + 0.5).permute(0, 2, 3, 1)  # unclamped: paste-back resizes, then clamps
+                out[torch.from_numpy(rows)] = merged.half().cpu()
+                del decoded, merged, latents, cond, audio, pixels, masked, chunk_faces
+
+        return SyncResult(faces=out, synced=synced, final_latents=finals)
+
+    # -- the whole job ------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, frames: np.ndarray, waveform: torch.Tensor, sample_rate: int, fps: float = 25.0,
+                 **kwargs) -> np.ndarray:
+        """Frames uint8 ``[V,H,W,3]`` RGB + audio -> lip-synced frames uint8 ``[N,H,W,3]``, N from the audio.
+
+        Needs ``whisper`` (and builds a ``FaceAligner`` at the faces' resolution if none was given);
+        keyword arguments go to :meth:`sync_faces`.
+        """
+        from .audio import audio_features, frame_audio_chunks, num_frames_for_duration
+        from .face import FaceAligner, paste_back
+
+        if self.whisper is None:
+            raise LatentSyncError("LipSyncPipeline needs a whisper encoder (load_whisper) to run on audio.")
+        waveform = torch.as_tensor(waveform)
+        features = audio_features(self.whisper, waveform, sample_rate)
+        duration = waveform.shape[-1] / float(sample_rate)
+        chunks = frame_audio_chunks(features, num_frames_for_duration(duration, fps), fps=fps)
+        aligner = self.aligner or FaceAligner()
+        aligned = aligner.align(np.asarray(frames))
+        index = ping_pong_indices(len(frames), len(chunks))
+        result = self.sync_faces(torch.from_numpy(np.asarray(aligned.faces)), chunks, source_index=index,
+                                 found=aligned.found, **kwargs)
+        return paste_back(np.asarray(frames)[index], result.faces.float().numpy(),
+                          np.asarray(aligned.affines)[index], result.synced)
+
+
+def _faces01(faces: torch.Tensor) -> torch.Tensor:
+    return faces.float() / 255.0 if faces.dtype == torch.uint8 else faces.float()
+
+
+def _to_5d(latents: torch.Tensor) -> torch.Tensor:
+    """``[F,4,h,w]`` -> ``[1,4,F,h,w]``."""
+    return latents.permute(1, 0, 2, 3).unsqueeze(0)

@@ -1,0 +1,134 @@
+"""The VAE behind one small interface, so the pipeline runs with either a diffusers ``AutoencoderKL``
+(use without ComfyUI) or ComfyUI's own ``VAE`` object (core VAELoader with ``sd-vae-ft-mse``).
+
+Both adapters speak the pipeline's language: pixels ``[B,3,H,W]`` in [-1, 1] and latents ``[B,4,h,w]``
+already multiplied by ``LATENT_SCALE`` (the official code sets ``scaling_factor`` 0.18215 and
+``shift_factor`` 0 on the VAE).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Protocol
+
+import torch
+
+from .checkpoints import as_state_dict, read_checkpoint
+from .constants import LATENT_SCALE
+from .errors import CheckpointError, LatentSyncError
+
+VAE_ENCODE_MODES = ("sample", "mean")
+
+
+class LatentVae(Protocol):
+    """What the pipeline needs from a VAE."""
+
+    can_sample: bool
+
+    def encode(self, pixels: torch.Tensor, mode: str = "sample", generator: torch.Generator | None = None) -> torch.Tensor:
+        """pixels float ``[B,3,H,W]`` in [-1, 1] -> scaled latents float32 ``[B,4,H/8,W/8]`` (compute device)."""
+        ...
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """scaled latents ``[B,4,h,w]`` -> pixels float32 ``[B,3,8h,8w]``, nominally [-1, 1] (compute device)."""
+        ...
+
+
+class DiffusersVae:
+    """A diffusers ``AutoencoderKL`` as the official pipeline uses it.
+
+    ``encode(mode="sample")`` draws from the posterior with ``generator`` (the official behaviour);
+    ``mode="mean"`` takes the posterior mean (what ComfyUI's VAE returns).
+    """
+
+    can_sample = True
+
+    def __init__(self, vae: Any, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
+        self.vae = vae.eval()
+        params = next(vae.parameters())
+        self.device = torch.device(device) if device is not None else params.device
+        self.dtype = dtype or params.dtype
+        self.vae.to(self.device, self.dtype)
+
+    @torch.no_grad()
+    def encode(self, pixels, mode="sample", generator=None):
+        if mode not in VAE_ENCODE_MODES:
+            raise LatentSyncError(f"vae_encode must be one of {VAE_ENCODE_MODES}, not {mode!r}.")
+        posterior = self.vae.encode(pixels.to(self.device, self.dtype)).latent_dist
+        latents = posterior.sample(generator=generator) if mode == "sample" else posterior.mean
+        return latents.float() * LATENT_SCALE
+
+    @torch.no_grad()
+    def decode(self, latents):
+        return self.vae.decode((latents / LATENT_SCALE).to(self.device, self.dtype)).sample.float()
+
+
+class ComfyVae:
+    """ComfyUI's ``comfy.sd.VAE``: ``encode(pixels [B,H,W,3] 0..1)`` returns the unscaled posterior mean
+    ``[B,4,h,w]``; ``decode(latents)`` returns ``[B,H,W,3]`` clamped to 0..1. Device placement and
+    batching are ComfyUI's own; results are moved to ``device``."""
+
+    can_sample = False  # ComfyUI's encode only exposes the posterior mean
+
+    def __init__(self, vae: Any, device: torch.device | str = "cpu"):
+        self.vae = vae
+        self.device = torch.device(device)
+
+    @torch.no_grad()
+    def encode(self, pixels, mode="mean", generator=None):
+        if mode != "mean":
+            raise LatentSyncError("ComfyUI's VAE only returns the posterior mean: use vae_encode='mean' with it.")
+        images = ((pixels.float() + 1.0) / 2.0).movedim(1, -1)
+        latents = self.vae.encode(images)
+        return latents.to(self.device, torch.float32) * LATENT_SCALE
+
+    @torch.no_grad()
+    def decode(self, latents):
+        images = self.vae.decode((latents / LATENT_SCALE).float())
+        return images.to(self.device, torch.float32).movedim(-1, 1) * 2.0 - 1.0
+
+
+def as_latent_vae(vae: Any, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> LatentVae:
+    """Wrap ``vae`` in the adapter that fits it (adapters pass through unchanged)."""
+    if isinstance(vae, (DiffusersVae, ComfyVae)):
+        return vae
+    if hasattr(vae, "config") and hasattr(vae, "encoder"):  # diffusers AutoencoderKL
+        return DiffusersVae(vae, device, dtype)
+    if hasattr(vae, "first_stage_model") or (callable(getattr(vae, "encode", None)) and callable(getattr(vae, "decode", None))):
+        return ComfyVae(vae, device or "cpu")
+    raise LatentSyncError(f"Not a VAE: {type(vae).__name__}. Connect ComfyUI's VAE (Load VAE with sd-vae-ft-mse).")
+
+
+def load_vae(path: str | os.PathLike, config: str | os.PathLike | dict | None = None,
+             device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> DiffusersVae:
+    """Load a diffusers ``AutoencoderKL`` from disk (no network).
+
+    ``path``: a diffusers folder (``config.json`` + weights, e.g. ``stabilityai/sd-vae-ft-mse``), or a
+    weights file (``.safetensors``/``.pt``, diffusers key names) together with ``config`` (a dict or a
+    ``config.json`` path; the sd-vae-ft-mse layout when omitted).
+    """
+    from diffusers import AutoencoderKL
+
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        vae = AutoencoderKL.from_pretrained(path, local_files_only=True, torch_dtype=dtype)
+        return DiffusersVae(vae, device, dtype)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"VAE not found: {path}")
+    if config is None:
+        config = {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2,
+                  "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+                  "latent_channels": 4, "sample_size": 256, "scaling_factor": LATENT_SCALE}
+    elif not isinstance(config, dict):
+        with open(config, encoding="utf-8") as fh:
+            config = json.load(fh)
+    vae = AutoencoderKL.from_config(config)
+    state = as_state_dict(read_checkpoint(path), "VAE")
+    missing, unexpected = vae.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{os.path.basename(path)} is not a diffusers AutoencoderKL for this config "
+            f"({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {(missing or unexpected)[:3]})."
+        )
+    return DiffusersVae(vae, device, dtype)
