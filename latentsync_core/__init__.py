@@ -40,6 +40,8 @@ _LAZY = {
     "paste_back_track": ".face",
     "fixed_mask": ".face",
     "LipSyncPipeline": ".pipeline",
+    "load_vae": ".vae",
+    "ping_pong_indices": ".length",
 }
 
 __all__ = [
