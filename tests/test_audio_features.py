@@ -341,13 +341,15 @@ def test_resampler_is_band_limited_not_interpolation(rate_in, rate_out):
 @pytest.mark.parametrize("seconds", [30.02, 35.0, 50.0, 95.5, 600.0])
 def test_seamless_window_weights(seconds):
     """Every step is a convex mix of windows that contain it, with >= 4 s of context inside them."""
-    from latentsync_core.audio.features import _window_starts, _window_weights
+    from latentsync_core.audio.features import _window_shares, _window_starts
 
     steps, ctx = int(seconds * 50), 1500
     starts = _window_starts(2 * steps, 2 * ctx, "seamless")
     assert starts[0] == 0 and starts[-1] + 2 * ctx >= 2 * steps and len(starts) == math.ceil((seconds - 30) / 20) + 1
     assert _window_starts(2 * steps, 2 * ctx, "official") == list(range(0, 2 * steps, 2 * ctx))
-    w = _window_weights(starts, steps, ctx, overlapping=True)
+    w = np.zeros((len(starts), steps))
+    for k, (index, share) in enumerate(_window_shares(starts, steps, ctx, overlapping=True)):
+        w[k, index] = share
     assert w.shape == (len(starts), steps)
     assert np.allclose(w.sum(0), 1.0) and (w >= 0).all()
     t = np.arange(steps)

@@ -2,9 +2,9 @@
 
 Whisper encodes fixed 30 s windows. The official code cuts the clip's log-mel into independent 30 s
 windows (zero-padding the last), which leaves a seam every 30 s: steps near a window edge see no
-context beyond it. ``mode="seamless"`` (the default) encodes overlapping windows and takes every step
-from the window in which it is farthest from an edge; on clips up to 30 s both modes are one window
-and give identical (official) features.
+context beyond it. ``mode="seamless"`` (the default) encodes 30 s windows every 20 s and takes every
+step from the window in which it is farthest from an edge, cross-fading over 2 s where one window hands
+over to the next; on clips up to 30 s both modes are one window and give identical (official) features.
 """
 
 from __future__ import annotations
@@ -97,22 +97,17 @@ def features_from_log_mel(whisper, mel: torch.Tensor, mode: str = "seamless", pr
     if steps == 0:
         raise AudioError("The audio is too short for whisper (needs at least 20 ms).")
     starts = _window_starts(frames, window, mode)
-    weights = _window_weights(starts, steps, whisper.n_ctx, overlapping=mode != "official" and len(starts) > 1)
+    shares = _window_shares(starts, steps, whisper.n_ctx, overlapping=mode != "official" and len(starts) > 1)
     out = None
-    for k, start in enumerate(starts):
+    for k, (start, (mine, share)) in enumerate(zip(starts, shares)):
         chunk = mel[:, start : start + window]
         chunk = F.pad(chunk, (0, window - chunk.shape[-1]))  # the official code pads the mel with 0
         hidden = whisper(chunk[None])[0].float().cpu()  # [n_ctx, 5, width]
         if out is None:
             out = hidden.new_zeros((steps, *hidden.shape[1:]))
-        first = start // MEL_FRAMES_PER_STEP
-        mine = np.flatnonzero(weights[k])
-        w = weights[k][mine]
-        picked = hidden[torch.from_numpy(mine - first)]
-        if (w == 1.0).all():  # the steps this window owns alone: copied exactly
-            out[torch.from_numpy(mine)] = picked
-        else:
-            out[torch.from_numpy(mine)] += torch.from_numpy(w).float()[:, None, None] * picked
+        # out starts at zero and shares of 1.0 are exact, so owned steps are copied bit for bit
+        picked = hidden[torch.from_numpy(mine - start // MEL_FRAMES_PER_STEP)]
+        out[torch.from_numpy(mine)] += torch.from_numpy(share).float()[:, None, None] * picked
         if progress is not None:
             progress(k + 1, len(starts))
     return out
@@ -126,8 +121,9 @@ def _window_starts(frames: int, window: int, mode: str) -> list[int]:
     return [k * hop for k in range(math.ceil((frames - window) / hop) + 1)]
 
 
-def _window_weights(starts: list[int], steps: int, n_ctx: int, overlapping: bool) -> np.ndarray:
-    """float64 ``[windows, steps]``: how much of each step comes from each window (columns sum to 1).
+def _window_shares(starts: list[int], steps: int, n_ctx: int, overlapping: bool) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For each window: the output steps it contributes to and its float64 share of each (the shares of
+    a step sum to 1).
 
     Without overlap (official), window k owns the steps it starts with. With overlap, each step comes
     from the window in which it has the most context: consecutive windows hand over in the middle of
@@ -135,21 +131,32 @@ def _window_weights(starts: list[int], steps: int, n_ctx: int, overlapping: bool
     because whisper's hidden states also encode the position inside the window (its positional
     embedding), which differs between two windows; a hard switch would itself be a seam.
     """
-    t = np.arange(steps)
-    begin = np.asarray(starts) // MEL_FRAMES_PER_STEP
+    begin = [s // MEL_FRAMES_PER_STEP for s in starts]
     if not overlapping:
-        owner = np.searchsorted(begin, t, side="right") - 1
-        return (owner[None] == np.arange(len(begin))[:, None]).astype(np.float64)
+        ends = begin[1:] + [steps]
+        return [(np.arange(b, min(e, steps)), np.ones(max(0, min(e, steps) - b))) for b, e in zip(begin, ends)]
     fade = WHISPER_SEAMLESS_CROSSFADE_SECONDS * WHISPER_STEPS_PER_SECOND
-    ramps = [np.ones(steps)]  # ramps[k]: share of window k against window k-1
+    middles = []  # hand-over point between window k-1 and k
     for k in range(1, len(begin)):
         overlap = begin[k - 1] + n_ctx - begin[k]
         if overlap < fade:
             raise ValueError(f"windows overlap by {overlap} steps, less than the {fade}-step cross-fade")
-        middle = begin[k] + overlap / 2
-        ramps.append(np.clip((t + 0.5 - (middle - fade / 2)) / fade, 0.0, 1.0))
-    ramps.append(np.zeros(steps))
-    return np.stack([ramps[k] * (1.0 - ramps[k + 1]) for k in range(len(begin))])
+        middles.append(begin[k] + overlap / 2)
+
+    def ramp(t: np.ndarray, middle: float) -> np.ndarray:  # 0 -> 1 across the cross-fade
+        return np.clip((t + 0.5 - (middle - fade / 2)) / fade, 0.0, 1.0)
+
+    shares = []
+    for k, b in enumerate(begin):
+        t = np.arange(b, min(b + n_ctx, steps))
+        share = np.ones(len(t))
+        if k > 0:
+            share *= ramp(t, middles[k - 1])
+        if k + 1 < len(begin):
+            share *= 1.0 - ramp(t, middles[k])
+        keep = share > 0
+        shares.append((t[keep], share[keep]))
+    return shares
 
 
 def frame_audio_chunks(features: torch.Tensor, num_frames: int, fps: float = DEFAULT_FPS) -> torch.Tensor:
