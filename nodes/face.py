@@ -10,7 +10,7 @@ import torch
 from ..latentsync_core.constants import MAX_FACE_GAP, RESOLUTION, SUPPORTED_RESOLUTIONS
 from ..latentsync_core.errors import InputMismatchError
 from ..latentsync_core.face import FaceAligner, fixed_mask, iter_patches
-from ..latentsync_core.face.landmarks import legacy_face_mesh_available
+from ..latentsync_core.face.landmarks import legacy_face_mesh_available, tasks_available
 from ..latentsync_core.face.task_file import ensure_task_file
 from ..latentsync_core.types import FaceTrack
 from . import comfy_bridge as bridge
@@ -50,8 +50,8 @@ def _progress(total: int):
 
 def _task_path() -> str | None:
     """``face_landmarker.task`` for mediapipe releases without the legacy face mesh (fetched once)."""
-    if legacy_face_mesh_available():
-        return None
+    if legacy_face_mesh_available() or not tasks_available():
+        return None  # no file needed, or no mediapipe at all (the aligner then says how to install it)
     bar = bridge.progress_bar(100)
     return ensure_task_file(
         bridge.model_folders()[0], progress=lambda done, total: bar.update_absolute(done * 100 // max(total, 1), 100)

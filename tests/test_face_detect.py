@@ -14,7 +14,7 @@ import pytest
 from conftest import FIXTURES
 
 from latentsync_core.constants import FACE_LANDMARKER_FILENAME, FACE_LANDMARKER_URL
-from latentsync_core.errors import ModelMissingError
+from latentsync_core.errors import LatentSyncError, ModelMissingError
 from latentsync_core.face import FaceAligner, open_backend
 from latentsync_core.face import task_file as task_file_module
 from latentsync_core.face.landmarks import (
@@ -84,6 +84,9 @@ def test_open_backend_choices(monkeypatch):
         open_backend(prefer="auto")
     with pytest.raises(ImportError):
         open_backend(prefer="legacy")
+    monkeypatch.setattr("latentsync_core.face.landmarks.tasks_available", lambda: False)
+    with pytest.raises(LatentSyncError, match="pip install mediapipe"):
+        open_backend(prefer="auto", task_path="x.task")
 
 
 class FakeResponse(io.BytesIO):

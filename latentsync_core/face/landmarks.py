@@ -19,6 +19,8 @@ from typing import Protocol
 
 import numpy as np
 
+from ..errors import LatentSyncError
+
 logger = logging.getLogger(__name__)
 
 # mediapipe face-mesh index of each of the 68 points of the classic (face_alignment / dlib) layout:
@@ -66,6 +68,15 @@ def legacy_face_mesh_available() -> bool:
     try:
         from mediapipe.python.solutions import face_mesh  # noqa: F401
     except Exception:  # ImportError, or a broken install (protobuf/numpy mismatch)
+        return False
+    return True
+
+
+def tasks_available() -> bool:
+    """True when the installed mediapipe has the Tasks API (``mediapipe.tasks.python.vision``)."""
+    try:
+        from mediapipe.tasks.python import vision  # noqa: F401
+    except Exception:
         return False
     return True
 
@@ -142,6 +153,11 @@ def open_backend(max_faces: int = 4, task_path: str | None = None, prefer: str =
         return LegacyFaceMesh(max_faces)
     if prefer == "legacy":
         raise ImportError("mediapipe.solutions.face_mesh is not available (mediapipe > 0.10.21 removed it)")
+    if not tasks_available():
+        raise LatentSyncError(
+            "Face detection needs the Python package 'mediapipe', which is missing or broken. Install it into "
+            "ComfyUI's Python: python -m pip install mediapipe"
+        )
     if task_path is None:
         raise ValueError("the Tasks FaceLandmarker backend needs the path of face_landmarker.task")
     logger.info("face landmarks: using the mediapipe Tasks FaceLandmarker (%s)", task_path)
