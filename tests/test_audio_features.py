@@ -254,6 +254,11 @@ def test_unet_file_is_rejected_with_what_it_is(tmp_path):
     torch.save({"state_dict": unet, "global_step": 0}, path)
     with pytest.raises(CheckpointError, match="not a whisper model.*LatentSync U-Net"):
         load_whisper(path)
+    from safetensors.torch import save_file
+
+    save_file(unet, tmp_path / "unet.safetensors")
+    with pytest.raises(CheckpointError, match="not a whisper model.*LatentSync U-Net"):
+        load_whisper(tmp_path / "unet.safetensors")
 
 
 def test_missing_and_broken_whisper_files(tmp_path):

@@ -157,7 +157,8 @@ def _read_safetensors_encoder(path: str) -> dict[str, torch.Tensor]:
     try:
         with safe_open(path, framework="pt") as f:
             keys = list(f.keys())
-            wanted = [k for k in keys if "encoder." in k or not any("decoder." in j for j in keys)]
+            has_decoder = any("decoder." in k for k in keys)
+            wanted = [k for k in keys if "encoder." in k or not has_decoder]
             if not any(k.endswith("conv1.weight") for k in wanted):  # not whisper: describe it
                 return {k: f.get_slice(k) for k in keys}  # shapes only, enough for the message
             return {k: f.get_tensor(k) for k in wanted}
