@@ -30,6 +30,7 @@ def test_json_and_dict_and_round_trip():
     assert load_config(json.loads((FIXTURES / "config.json").read_text())) == cfg
     assert load_config(cfg.to_dict()) == cfg
     assert load_config(cfg) is cfg
+    assert load_config(None) == UNetConfig()
     assert cfg.heads() == (8, 8, 8, 8)
 
 

@@ -153,8 +153,11 @@ def _validate(cfg: UNetConfig) -> None:
         raise CheckpointError("U-Net config: cross_frame_attention_mode is not supported.")
 
 
-def load_config(config: UNetConfig | Mapping[str, Any] | str | os.PathLike) -> UNetConfig:
-    """A :class:`UNetConfig` from a config object, a dict, or a ``.json`` / ``.yaml`` file path."""
+def load_config(config: UNetConfig | Mapping[str, Any] | str | os.PathLike | None) -> UNetConfig:
+    """A :class:`UNetConfig` from a config object, a dict, or a ``.json`` / ``.yaml`` file path;
+    ``None`` is the released LatentSync 1.5/1.6 model."""
+    if config is None:
+        return UNetConfig()
     if isinstance(config, UNetConfig):
         return config
     if isinstance(config, Mapping):

@@ -78,7 +78,7 @@ def check_state_dict(state_dict: Mapping[str, torch.Tensor], expected: Mapping[s
 
 
 def load_unet(
-    config: UNetConfig | Mapping[str, Any] | str | os.PathLike,
+    config: UNetConfig | Mapping[str, Any] | str | os.PathLike | None,
     checkpoint: str | os.PathLike | Mapping[str, torch.Tensor] | None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
@@ -87,7 +87,7 @@ def load_unet(
 
     Args:
         config: a :class:`UNetConfig`, a dict of the official keys, or a ``.json`` / ``.yaml`` path (the
-            official ``configs/unet/stage2.yaml`` works as is).
+            official ``configs/unet/stage2.yaml`` works as is); ``None`` for the released 1.5/1.6 layout.
         checkpoint: ``latentsync_unet.pt`` (``{"state_dict": ...}`` or bare), a ``.safetensors`` file, a
             state dict, or ``None`` for no weights (random on a real device, nothing at all on ``"meta"``).
         device, dtype: where and in which floating dtype the weights live (fp32, fp16 or bf16).

@@ -54,7 +54,7 @@ class UNet3DConditionModel(nn.Module):
 
     def __init__(self, config: UNetConfig | dict | None = None):
         super().__init__()
-        cfg = load_config(config if config is not None else UNetConfig())
+        cfg = load_config(config)
         self.config = cfg
         ch = list(cfg.block_out_channels)
         heads = cfg.heads()
