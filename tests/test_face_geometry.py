@@ -71,6 +71,20 @@ def test_paste_back_matches_official_and_leaves_the_rest_bit_identical(golden):
     np.testing.assert_array_equal(outside, frames)
 
 
+def test_public_names_and_serial_path_agree(golden, aligned):
+    import latentsync_core
+
+    frames = golden["canvas"]
+    affines = golden["affines"][golden["frame_ids"]]
+    threaded = latentsync_core.paste_back(frames, 255 - golden["faces"], affines)
+    np.testing.assert_array_equal(paste_back(frames, 255 - golden["faces"], affines, workers=1), threaded)
+    assert latentsync_core.FaceAligner is FaceAligner
+    lm68 = np.stack([to_68(m.astype(np.float64)) for m in golden["landmarks478"][:4]])
+    serial = FaceAligner(256, workers=1).build(frames, lm68, np.ones(4, bool))
+    threaded = FaceAligner(256, workers=3).build(frames, lm68, np.ones(4, bool))
+    np.testing.assert_array_equal(serial.faces, threaded.faces)
+
+
 def test_fast_path_close_to_reference(golden):
     frames = golden["canvas"]
     affines = golden["affines"][golden["frame_ids"]]

@@ -252,18 +252,20 @@ def paste_back(
     fast: bool = False,
     device: str | torch.device = "cpu",
     batch_size: int = 8,
+    workers: int | None = None,
 ) -> np.ndarray:
     """Put generated faces back into their frames.
 
     frames: uint8 ``[N, H, W, 3]`` RGB originals; faces: ``[N, res, res, 3]`` generated faces (uint8, or
     float 0..1); affines: ``[N, 2, 3]`` image -> crop (as ``FaceAligner`` made them, for the crop size of
     ``res``); found: optional bool ``[N]``: frames marked False (or with NaN affines) pass through.
-    fast: use the batched torch/kornia path on ``device``. Returns uint8 ``[N, H, W, 3]`` (a new array;
-    pixels outside each warped crop's window are copies of the input).
+    fast: use the batched torch/kornia path on ``device``; workers: threads of the reference path.
+    Returns uint8 ``[N, H, W, 3]`` (a new array; pixels outside each warped crop's window are copies of
+    the input).
     """
     out = np.array(frames, dtype=np.uint8, copy=True)
     for i, patch, (y0, y1, x0, x1) in iter_patches(
-        frames, faces, affines, found, fast=fast, device=device, batch_size=batch_size
+        frames, faces, affines, found, fast=fast, device=device, batch_size=batch_size, workers=workers
     ):
         out[i, y0:y1, x0:x1] = patch
     return out
