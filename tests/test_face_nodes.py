@@ -111,3 +111,30 @@ def test_crop_align_face_index_and_no_face(pack, video):
         run_align(pack, video[:1], face="index from left", face_index=1)
     with pytest.raises(FaceError, match="no face found"):
         run_align(pack, video[4:])
+
+
+def test_task_file_lookup_for_new_mediapipe(pack, monkeypatch, comfy_base):
+    """mediapipe >= 0.10.30 (no legacy face mesh): the node finds or fetches models/latentsync/face_landmarker.task."""
+    import urllib.error
+
+    face_nodes = importlib.import_module(f"{pack.__name__}.nodes.face")
+    task_file = core(pack, "face.task_file")
+    folder = comfy_base / "models" / "latentsync"
+    monkeypatch.setattr(face_nodes, "legacy_face_mesh_available", lambda: False)
+    monkeypatch.setattr(face_nodes, "tasks_available", lambda: True)
+
+    def offline(url, timeout):
+        raise urllib.error.URLError("offline")
+
+    monkeypatch.setattr(task_file.urllib.request, "urlopen", offline)
+    with pytest.raises(core(pack, "errors").ModelMissingError, match="face_landmarker.task") as err:
+        face_nodes._task_path()
+    assert str(folder) in str(err.value) and "storage.googleapis.com" in str(err.value)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "face_landmarker.task").write_bytes(b"bundle")
+    try:
+        assert face_nodes._task_path() == str(folder / "face_landmarker.task")  # present: no download
+    finally:
+        (folder / "face_landmarker.task").unlink()
+    monkeypatch.setattr(face_nodes, "legacy_face_mesh_available", lambda: True)
+    assert face_nodes._task_path() is None  # legacy face mesh: no file needed
