@@ -107,6 +107,10 @@ def load_unet(
     else:
         # one move per tensor, straight to the target device and dtype (no full fp32 copy of a fp16 file)
         tensors = {k: v.to(device=device, dtype=dtype) for k, v in state_dict.items()}
+        if not isinstance(checkpoint, Mapping):
+            # a tensor that did not move still lives in the memory-mapped file: copy it once, so the
+            # model does not pin the file (Windows cannot replace a mapped file; truncation would crash)
+            tensors = {k: t.clone() if t is state_dict[k] else t for k, t in tensors.items()}
     for key, shape in expected.items():
         if key not in tensors:  # a position-encoding buffer the file left out
             logger.debug("%s lacks %s; using the standard sinusoid table", name, key)
