@@ -17,6 +17,7 @@ from torch import nn
 from ..errors import InputMismatchError
 from .blocks import DownBlock3D, UNetMidBlock3DCrossAttn, UpBlock3D
 from .config import CROSS_ATTN_DOWN, CROSS_ATTN_UP, UNetConfig, load_config
+from .resnet import chunk_group_norm
 
 MAX_PERIOD = 10000  # sinusoidal timestep embedding
 
@@ -111,8 +112,6 @@ class UNet3DConditionModel(nn.Module):
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | float | int,
                 encoder_hidden_states: torch.Tensor | None) -> torch.Tensor:
-        from .resnet import chunk_group_norm
-
         if sample.dim() != 5 or sample.shape[1] != self.config.in_channels:
             raise InputMismatchError(
                 f"U-Net input must be [B, {self.config.in_channels}, F, H, W], got {tuple(sample.shape)}."
