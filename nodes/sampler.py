@@ -1,3 +1,104 @@
-"""sampler nodes (being built)."""
+"""Sampler node: LatentSync Sampler (aligned faces + audio -> lip-synced faces), over latentsync_core.pipeline."""
 
-NODE_CLASSES: list[type] = []
+from __future__ import annotations
+
+import logging
+import math
+
+import numpy as np
+import torch
+
+from ..latentsync_core.constants import CHUNK_FRAMES, DEFAULT_GUIDANCE, DEFAULT_SEED, DEFAULT_STEPS
+from ..latentsync_core.deepcache import DEEPCACHE_INTERVALS
+from ..latentsync_core.errors import FaceError, InputMismatchError
+from ..latentsync_core.length import ping_pong_indices
+from ..latentsync_core.pipeline import LipSyncPipeline
+from ..latentsync_core.types import FaceTrack, FrameAudio
+from ..latentsync_core.vae import ComfyVae
+from . import comfy_bridge as bridge
+from .types import CATEGORY, LATENTSYNC_AUDIO, LATENTSYNC_FACES, LATENTSYNC_MODEL
+
+logger = logging.getLogger(__name__)
+
+DEEPCACHE_CHOICES = ["off", *(str(i) for i in DEEPCACHE_INTERVALS)]
+
+
+class LatentSyncSampler:
+    NODE_ID = "LatentSyncSampler"
+    DISPLAY_NAME = "LatentSync Sampler"
+    CATEGORY = f"{CATEGORY}/sampler"
+    FUNCTION = "sample"
+    DESCRIPTION = (
+        "Re-renders the mouth of every aligned face so it follows the audio (LatentSync: DDIM with audio "
+        "classifier-free guidance, 16-frame chunks). The audio decides the number of output frames: a shorter "
+        "video is played back and forth, a longer one is cut. Frames without a face pass through unchanged."
+    )
+    RETURN_TYPES = ("IMAGE", LATENTSYNC_FACES)
+    RETURN_NAMES = ("faces", "face_track")
+    OUTPUT_TOOLTIPS = (
+        "Lip-synced aligned faces [N, res, res, 3], one per audio frame: connect to Paste Back.",
+        "The face track matched to the audio length (frames looped or cut): connect to Paste Back.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": (LATENTSYNC_MODEL, {"tooltip": "From LatentSync Model Loader."}),
+                "vae": ("VAE", {"tooltip": "Stable Diffusion VAE from ComfyUI's Load VAE: sd-vae-ft-mse "
+                                           "(vae-ft-mse-840000-ema-pruned.safetensors), as LatentSync was trained."}),
+                "faces": ("IMAGE", {"tooltip": "Aligned faces from LatentSync Face Crop & Align."}),
+                "face_track": (LATENTSYNC_FACES, {"tooltip": "Face track from LatentSync Face Crop & Align."}),
+                "audio": (LATENTSYNC_AUDIO, {"tooltip": "Per-frame audio from LatentSync Whisper Embedding "
+                                                        "(made for the video's fps)."}),
+                "seed": ("INT", {"default": DEFAULT_SEED, "min": 0, "max": 0xFFFFFFFFFFFFFFFF,
+                                 "tooltip": "Noise seed: the same seed gives the same frames."}),
+                "steps": ("INT", {"default": DEFAULT_STEPS, "min": 1, "max": 200,
+                                  "tooltip": "DDIM steps per 16-frame chunk (official: 20)."}),
+                "guidance": ("FLOAT", {"default": DEFAULT_GUIDANCE, "min": 1.0, "max": 10.0, "step": 0.1,
+                                       "tooltip": "Audio guidance scale (official: 1.5; 1.0 = no unconditional pass, "
+                                                  "faster, weaker lip sync)."}),
+                "deepcache": (DEEPCACHE_CHOICES, {"default": "off",
+                                                  "tooltip": "DeepCache: run the full U-Net only every n-th step and "
+                                                             "reuse its deep features in between (faster, slightly "
+                                                             "different; the official --enable_deepcache uses 3)."}),
+            }
+        }
+
+    def sample(self, model, vae, faces: torch.Tensor, face_track: FaceTrack, audio: FrameAudio,
+               seed: int = DEFAULT_SEED, steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE,
+               deepcache: str = "off"):
+        if faces.ndim != 4 or faces.shape[1] != faces.shape[2]:
+            raise InputMismatchError(f"faces must be aligned square faces [N, res, res, 3], got {tuple(faces.shape)}.")
+        if len(faces) != len(face_track):
+            raise InputMismatchError(
+                f"{len(faces)} faces but the face track has {len(face_track)} frames: connect both outputs of the "
+                "same Face Crop & Align node."
+            )
+        resolution = int(faces.shape[1])
+        if resolution != face_track.resolution:
+            raise InputMismatchError(f"faces are {resolution} px but the face track says {face_track.resolution} px.")
+        model.check_faces(resolution)
+        if not np.asarray(face_track.found).any():
+            raise FaceError("No face was found in any frame: use a video where a face is visible.")
+
+        index = ping_pong_indices(len(face_track), audio.num_frames)
+        track = face_track.take(index)
+        steps = int(steps)
+        synced_frames = int(np.asarray(track.found).sum())
+        bar = bridge.progress_bar(max(1, math.ceil(synced_frames / CHUNK_FRAMES) * max(steps, 1)))
+
+        with model.on_compute_device() as unet:
+            pipe = LipSyncPipeline(unet, ComfyVae(vae, device=bridge.compute_device()))
+            result = pipe.sync_faces(
+                faces[..., :3], audio.chunks, source_index=index, found=face_track.found,
+                steps=steps, guidance=guidance, seed=seed, vae_encode="mean",
+                deepcache=0 if deepcache == "off" else int(deepcache),
+                progress=lambda done, total: bar.update_absolute(done, total),
+                check_interrupt=bridge.check_interrupted,
+            )
+        out = result.faces.float().clamp_(0, 1).to(bridge.intermediate_device())
+        return (out, track)
+
+
+NODE_CLASSES: list[type] = [LatentSyncSampler]

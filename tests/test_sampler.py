@@ -1,0 +1,190 @@
+"""LatentSync Model Loader and Sampler nodes as ComfyUI runs them (stand-in ComfyUI VAE, tiny models)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import shutil
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from conftest import FIXTURES, PACK_NAME, load_pack
+from test_pipeline import StandInVae
+
+from latentsync_core.face import fixed_mask
+from latentsync_core.pipeline import LipSyncPipeline
+from latentsync_core.types import FaceTrack, FrameAudio
+from latentsync_core.vae import load_vae
+
+load_pack()
+_errors = importlib.import_module(f"{PACK_NAME}.latentsync_core.errors")
+model_mod = importlib.import_module(f"{PACK_NAME}.nodes.model")
+import comfy.model_management as mm  # noqa: E402  (the stand-in installed by conftest)
+import comfy.utils  # noqa: E402
+
+PIPE = FIXTURES / "pipeline"
+UNET = FIXTURES / "unet"
+TINY = "tiny/latentsync_unet.pt"
+
+
+@pytest.fixture(scope="module")
+def unet_file(pack):
+    import folder_paths
+
+    folder = os.path.join(folder_paths.models_dir, "latentsync", "tiny")
+    os.makedirs(folder, exist_ok=True)
+    shutil.copy(UNET / "latentsync_unet.pt", os.path.join(folder, "latentsync_unet.pt"))
+    shutil.copy(UNET / "config.json", os.path.join(folder, "config.json"))
+    return TINY
+
+
+@pytest.fixture(scope="module")
+def nodes(pack):
+    m = pack.NODE_CLASS_MAPPINGS
+    return m["LatentSyncModelLoader"], m["LatentSyncSampler"]
+
+
+@pytest.fixture(scope="module")
+def model(nodes, unet_file):
+    (model,) = nodes[0]().load(unet_file, "auto", "auto")
+    return model
+
+
+@pytest.fixture(scope="module")
+def diffusers_vae():
+    return load_vae(PIPE / "vae_tiny_random.pt", PIPE / "vae_config.json")
+
+
+@pytest.fixture(scope="module")
+def comfy_vae(diffusers_vae):
+    return StandInVae(diffusers_vae.vae)
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    """4 aligned 256 px faces (IMAGE), their track, and 6 frames of audio (the video gets ping-ponged)."""
+    faces = torch.from_numpy(np.load(PIPE / "golden_pipeline.npz")["faces"][:4]).float() / 255
+    track = FaceTrack(affines=np.tile(np.eye(2, 3), (4, 1, 1)), found=np.ones(4, bool),
+                      landmarks=np.zeros((4, 68, 2), np.float32), frame_size=(480, 640), crop_size=(210, 280))
+    audio = FrameAudio(chunks=torch.randn(6, 50, 384, generator=torch.Generator().manual_seed(3)))
+    return faces, track, audio
+
+
+def sample(nodes, model, vae, inputs, **kw):
+    faces, track, audio = inputs
+    kw = {"seed": 7, "steps": 2, "guidance": 1.5, "deepcache": "off", **kw}
+    return nodes[1]().sample(model, vae, kw.pop("faces", faces), kw.pop("track", track), audio, **kw)
+
+
+# --- Model Loader ---------------------------------------------------------------------------------
+def test_loader_lists_and_loads(nodes, model, unet_file):
+    files = nodes[0].INPUT_TYPES()["required"]["unet_name"][0]
+    assert unet_file in files
+    assert model.resolution == 256 and model.dtype == torch.float32 and model.version == "1.5"
+    assert next(model.unet.parameters()).device == mm.unet_offload_device()
+    (forced,) = nodes[0]().load(unet_file, "512", "fp16")
+    assert forced.resolution == 512 and next(forced.unet.parameters()).dtype == torch.float16
+
+
+def test_loader_missing_file(nodes):
+    with pytest.raises(_errors.ModelMissingError, match="models/latentsync"):
+        nodes[0]().load("nope/latentsync_unet.pt")
+
+
+def test_guess_resolution(tmp_path):
+    guess = model_mod.guess_resolution
+    assert guess("latentsync_unet.pt") == 256
+    assert guess("LatentSync-1.6/latentsync_unet.pt") == 512
+    assert guess("latentsync_1_6.safetensors") == 512
+    assert guess("unet_512.pt") == 512
+    assert guess("v1.5/unet_2560.pt") == 256
+    from safetensors.torch import save_file
+
+    path = tmp_path / "custom.safetensors"
+    save_file({"x": torch.zeros(1)}, str(path), metadata={"resolution": "512"})
+    assert guess("custom.safetensors", str(path)) == 512
+
+
+def test_pick_dtype(monkeypatch):
+    bridge = model_mod.bridge
+    assert model_mod.pick_dtype("auto", torch.device("cpu")) == torch.float32
+    assert model_mod.pick_dtype("bf16", torch.device("cpu")) == torch.bfloat16
+    gpu = torch.device("cuda")
+    monkeypatch.setattr(bridge, "is_device_cpu", lambda d: False)
+    monkeypatch.setattr(bridge, "should_use_bf16", lambda d, model_params=0: True)
+    assert model_mod.pick_dtype("auto", gpu) == torch.bfloat16
+    monkeypatch.setattr(bridge, "should_use_bf16", lambda d, model_params=0: False)
+    monkeypatch.setattr(bridge, "should_use_fp16", lambda d, model_params=0: True)
+    assert model_mod.pick_dtype("auto", gpu) == torch.float16
+    monkeypatch.setattr(bridge, "should_use_fp16", lambda d, model_params=0: False)
+    assert model_mod.pick_dtype("auto", gpu) == torch.float32
+
+
+# --- Sampler ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def first_run(nodes, model, comfy_vae, inputs):
+    comfy.utils.UPDATES.clear()
+    out, track = sample(nodes, model, comfy_vae, inputs)
+    return out, track, list(comfy.utils.UPDATES)
+
+
+def test_sampler_output_length_progress_and_core_equality(model, diffusers_vae, inputs, first_run):
+    out, track, updates = first_run
+    assert out.shape == (6, 256, 256, 3) and out.dtype == torch.float32
+    assert 0 <= out.min() and out.max() <= 1
+    assert track.frame_index.tolist() == [0, 1, 2, 3, 3, 2] and len(track) == 6
+    assert updates == [(1, 2), (2, 2)]  # 1 chunk x 2 steps
+    faces, _, audio = inputs
+    core = LipSyncPipeline(model.unet, diffusers_vae).sync_faces(faces, audio.chunks, steps=2, seed=7, vae_encode="mean")
+    mask = torch.tensor(fixed_mask(256))
+    exact = ((mask - 1).abs() < 1e-6) | (mask.abs() < 1e-6)  # ComfyUI clamps the decode before the blend
+    assert (core.faces.float().clamp(0, 1) - out)[:, exact].abs().max() < 2e-3
+
+
+def test_sampler_rejects_bad_input(nodes, model, comfy_vae, inputs):
+    faces, track, _ = inputs
+    big = model_mod.LatentSyncModel(unet=model.unet, resolution=512, dtype=torch.float32, name="LatentSync-1.6")
+    with pytest.raises(_errors.InputMismatchError, match="1.6 model for 512 px faces"):
+        sample(nodes, big, comfy_vae, inputs)
+    with pytest.raises(_errors.FaceError, match="No face"):
+        sample(nodes, model, comfy_vae, inputs, track=replace(track, found=np.zeros(4, bool)))
+    with pytest.raises(_errors.LatentSyncError, match="steps"):
+        sample(nodes, model, comfy_vae, inputs, steps=0)
+    with pytest.raises(_errors.LatentSyncError, match="guidance"):
+        sample(nodes, model, comfy_vae, inputs, guidance=0.9)
+    with pytest.raises(_errors.InputMismatchError, match="face track"):
+        sample(nodes, model, comfy_vae, inputs, faces=faces[:3])
+
+
+def test_sampler_interrupt_then_normal_run(nodes, model, comfy_vae, inputs, first_run):
+    """Cancel during the first U-Net call: the run stops at the next check; the next run is normal."""
+    calls = []
+
+    def cancel(module, args, output):
+        calls.append(1)
+        mm.interrupt_current_processing(True)
+
+    handle = model.unet.register_forward_hook(cancel)
+    try:
+        with pytest.raises(mm.InterruptProcessingException):
+            sample(nodes, model, comfy_vae, inputs, steps=4, deepcache="2")
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+    assert "forward" not in model.unet.mid_block.__dict__  # DeepCache unwrapped
+    assert next(model.unet.parameters()).device == mm.unet_offload_device()
+    again, _ = sample(nodes, model, comfy_vae, inputs)
+    assert torch.equal(again, first_run[0])
+
+
+def test_sampler_deepcache_skips_deep_blocks(nodes, model, comfy_vae, inputs, first_run):
+    ran = []
+    handle = model.unet.mid_block.resnets[0].register_forward_hook(lambda m, i, o: ran.append(1))
+    try:
+        cached, _ = sample(nodes, model, comfy_vae, inputs, deepcache="2")
+    finally:
+        handle.remove()
+    assert len(ran) == 1  # step 0 runs in full, step 1 reuses the deep features
+    assert cached.shape == first_run[0].shape and not torch.equal(cached, first_run[0])
