@@ -267,7 +267,9 @@ def _argv(server, wf, video, audio, out, *extra):
 def test_success_uploads_queues_follows_and_downloads(comfy_stand_in, inputs, capsys):
     state, server = comfy_stand_in("success")
     wf, video, audio, out = inputs
-    code = run_api.main(_argv(server, wf, video, audio, out, "--set", "3.seed=7", "--set", '4.filename_prefix="x/y"'))
+    code = run_api.main(
+        _argv(server, wf, video, audio, out, "--set", "LatentSyncSampler.seed=7", "--set", '4.filename_prefix="x/y"')
+    )
     assert code == 0
     assert state.uploads == {"in.mp4": b"video-bytes", "speech.wav": b"RIFF audio-bytes"}
     sent = state.prompts[0]
@@ -328,6 +330,9 @@ def test_unreachable_server_and_bad_inputs(inputs, tmp_path, capsys):
     ui.write_text(json.dumps({"nodes": [], "links": []}))
     assert run_api.main([str(ui), "--server", f"127.0.0.1:{port}"]) == run_api.EXIT_INVALID
     assert "UI workflow" in capsys.readouterr().err
+
+    with pytest.raises(run_api.ClientError, match="NODE a node id or class type"):
+        run_api.apply_overrides(dict(WORKFLOW), ["KSampler.steps=3"])
 
     no_loader = tmp_path / "noloader.json"
     no_loader.write_text(json.dumps({"1": {"class_type": "SaveVideo", "inputs": {}}}))

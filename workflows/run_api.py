@@ -11,7 +11,8 @@ ComfyUI's own error message (validation errors from ``/prompt``, or the failing 
 exits non-zero (1 execution error, 2 invalid workflow or prompt, 3 server unreachable, 4 timeout).
 
 Works with workflows in ComfyUI's API format ("Export (API)" in the menu): a JSON object mapping node
-ids to ``{"class_type", "inputs"}``. Extra inputs can be set with ``--set NODE_ID.INPUT=VALUE``.
+ids to ``{"class_type", "inputs"}``. Other inputs can be set with ``--set NODE.INPUT=VALUE`` (NODE: a
+node id or a class type, e.g. ``--set LatentSyncSampler.steps=10``).
 """
 
 from __future__ import annotations
@@ -242,19 +243,23 @@ def set_loader(prompt: dict, loaders: dict, value: str, what: str) -> list[str]:
 
 
 def apply_overrides(prompt: dict, overrides: list[str]) -> None:
-    """``NODE_ID.INPUT=VALUE`` (VALUE parsed as JSON when it is valid JSON, else taken as a string)."""
+    """``NODE.INPUT=VALUE``: NODE is a node id or a class type (every node of that type); VALUE is parsed as
+    JSON when it is valid JSON (numbers, true/false), else taken as a string."""
     for item in overrides:
         target, sep, raw = item.partition("=")
-        nid, dot, name = target.partition(".")
-        if not sep or not dot or nid not in prompt:
+        node, dot, name = target.rpartition(".")
+        ids = [node] if node in prompt else [nid for nid, n in prompt.items() if n["class_type"] == node]
+        if not sep or not dot or not name or not ids:
             raise ClientError(
-                f"--set {item!r}: expected NODE_ID.INPUT=VALUE with a node id of the workflow", EXIT_INVALID
+                f"--set {item!r}: expected NODE.INPUT=VALUE with NODE a node id or class type of the workflow",
+                EXIT_INVALID,
             )
         try:
             value = json.loads(raw)
         except ValueError:
             value = raw
-        prompt[nid].setdefault("inputs", {})[name] = value
+        for nid in ids:
+            prompt[nid].setdefault("inputs", {})[name] = value
 
 
 def format_prompt_error(reply) -> str:
@@ -396,7 +401,12 @@ def parse_args(argv=None):
     p.add_argument("--video", help="video file to upload into the workflow's video loader")
     p.add_argument("--audio", help="audio file to upload into the workflow's audio loader")
     p.add_argument("--out-dir", default=".", help="folder for the downloaded results (default: current folder)")
-    p.add_argument("--set", action="append", metavar="NODE_ID.INPUT=VALUE", help="override a node input (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="NODE.INPUT=VALUE",
+        help="override an input; NODE is a node id or class type, e.g. LatentSyncSampler.steps=10 (repeatable)",
+    )
     p.add_argument("--timeout", type=float, default=6 * 3600, help="give up after this many seconds (default 6 h)")
     p.add_argument("--http-timeout", type=float, default=120.0, help=argparse.SUPPRESS)
     p.add_argument("--temp", action="store_true", help="also download preview files (type 'temp')")
