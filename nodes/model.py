@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 
 from ..latentsync_core.constants import RESOLUTION, SUPPORTED_RESOLUTIONS
+from ..latentsync_core.download import MODEL_FILES, ensure_model_file
 from ..latentsync_core.errors import InputMismatchError, ModelMissingError
 from ..latentsync_core.unet import load_unet
 from . import comfy_bridge as bridge
@@ -22,6 +23,8 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 CONFIGS = {256: "stage2.yaml", 512: "stage2_512.yaml"}  # the official U-Net configs per face size
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ACTIVATION_SLACK = 1.5  # device memory asked for beyond the weights (activations of a 16-frame chunk)
+# the released U-Nets, listed even when absent: choosing one downloads it from the Hugging Face Hub
+DOWNLOADABLE = {MODEL_FILES[kind].local_name: kind for kind in ("unet-1.5", "unet-1.6")}
 
 
 @dataclass
@@ -115,7 +118,8 @@ class LatentSyncModelLoader:
 
     @classmethod
     def INPUT_TYPES(cls):
-        files = bridge.model_files() or ["latentsync_unet.pt"]
+        files = bridge.model_files()
+        files += [name for name in DOWNLOADABLE if name not in files]
         return {
             "required": {
                 "unet_name": (files, {"tooltip": "U-Net file in models/latentsync/ (1.5: latentsync_unet.pt, 256 px; "
@@ -132,6 +136,11 @@ class LatentSyncModelLoader:
 
     def load(self, unet_name: str, resolution: str = "auto", dtype: str = "auto"):
         path = bridge.model_path(unet_name)
+        if path is None and unet_name in DOWNLOADABLE:
+            folders = bridge.model_folders()
+            path = ensure_model_file(
+                DOWNLOADABLE[unet_name], folders[0], search_folders=folders[1:], progress=bridge.progress_callback()
+            )
         if path is None:
             raise ModelMissingError(
                 f"U-Net file '{unet_name}' is not in models/latentsync/. Download latentsync_unet.pt from "

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -216,3 +217,18 @@ def test_model_table_and_manual_message():
     assert "stabilityai/sd-vae-ft-mse/resolve/main/diffusion_pytorch_model.safetensors" in text
     with pytest.raises(ValueError, match="unknown model kind"):
         download.model_file("unet-2.0")
+
+
+def test_model_loader_offers_and_fetches_released_unets(pack, monkeypatch, comfy_base):
+    """The Model Loader lists both released U-Nets and, offline, says exactly what to download where."""
+    loader = pack.NODE_CLASS_MAPPINGS["LatentSyncModelLoader"]
+    names = loader.INPUT_TYPES()["required"]["unet_name"][0]
+    assert "latentsync_unet.pt" in names and "LatentSync-1.6/latentsync_unet.pt" in names
+    assert names.index("latentsync_unet.pt") < names.index("LatentSync-1.6/latentsync_unet.pt")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    errors = sys.modules[f"{pack.__name__}.latentsync_core.errors"]  # the pack's own copy of the module
+    with pytest.raises(errors.ModelMissingError) as info:
+        loader().load("LatentSync-1.6/latentsync_unet.pt")
+    msg = str(info.value)
+    assert "https://huggingface.co/ByteDance/LatentSync-1.6/resolve/main/latentsync_unet.pt" in msg
+    assert str(comfy_base / "models" / "latentsync" / "LatentSync-1.6" / "latentsync_unet.pt") in msg
