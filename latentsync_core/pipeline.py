@@ -270,7 +270,11 @@ class LipSyncPipeline:
         duration = waveform.shape[-1] / float(sample_rate)
         chunks = frame_audio_chunks(features, num_frames_for_duration(duration, fps), fps=fps)
         aligner = self.aligner or FaceAligner()
-        aligned = aligner.align(np.asarray(frames))
+        try:
+            aligned = aligner.align(np.asarray(frames))
+        finally:
+            if self.aligner is None:
+                aligner.close()
         index = ping_pong_indices(len(frames), len(chunks))
         result = self.sync_faces(torch.from_numpy(np.asarray(aligned.faces)), chunks, source_index=index,
                                  found=aligned.found, **kwargs)

@@ -49,7 +49,10 @@ class DiffusersVae:
         params = next(vae.parameters())
         self.device = torch.device(device) if device is not None else params.device
         self.dtype = dtype or params.dtype
-        self.vae.to(self.device, self.dtype)
+        if params.device != self.device:
+            self.vae.to(self.device)
+        if params.dtype != self.dtype:
+            self.vae.to(dtype=self.dtype)
 
     @torch.no_grad()
     def encode(self, pixels, mode="sample", generator=None):

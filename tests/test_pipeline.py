@@ -82,6 +82,33 @@ def test_mask_matches_golden(golden):
     assert torch.equal(lat.float(), torch.from_numpy(golden["mask_latents"]))
 
 
+def test_generator_draws_in_official_order(golden, unet, vae, chunks):
+    """With the official seed, the noise frame is drawn first and the first chunk's VAE posterior samples
+    (masked faces, then references) equal the official ones: the generator is used in the same order."""
+    encoded = []
+
+    class Spy:
+        can_sample = True
+
+        def encode(self, pixels, mode, generator):
+            encoded.append(vae.encode(pixels, mode, generator))
+            return encoded[-1]
+
+    class Stop(Exception):
+        pass
+
+    def stop():
+        raise Stop
+
+    pipe = LipSyncPipeline(unet, vae)
+    pipe.vae = Spy()
+    with pytest.raises(Stop):  # stops before the first U-Net call
+        pipe.sync_faces(torch.from_numpy(golden["faces"]), chunks[:16], seed=1247, check_interrupt=stop)
+    masked, ref = (e.permute(1, 0, 2, 3) for e in encoded)
+    assert (masked - torch.from_numpy(golden["masked_image_latents"][0])).abs().max() < 5e-3
+    assert (ref - torch.from_numpy(golden["ref_latents"][0])).abs().max() < 5e-3
+
+
 def test_final_latents_match_official(golden, golden_run):
     assert len(golden_run.final_latents) == 2
     for c, latents in enumerate(golden_run.final_latents):
