@@ -63,11 +63,19 @@ def comfy_vae(diffusers_vae):
 
 
 @pytest.fixture(scope="module")
+def small_model(model):
+    """The loaded tiny U-Net declared for 64 px faces (8x8 latents): the node logic at a fraction of the cost."""
+    return model_mod.LatentSyncModel(unet=model.unet, resolution=64, dtype=model.dtype, name="tiny-64")
+
+
+@pytest.fixture(scope="module")
 def inputs():
-    """4 aligned 256 px faces (IMAGE), their track, and 6 frames of audio (the video gets ping-ponged)."""
-    faces = torch.from_numpy(np.load(PIPE / "golden_pipeline.npz")["faces"][:4]).float() / 255
+    """4 aligned 64 px faces (IMAGE), their track, and 6 frames of audio (the video gets ping-ponged)."""
+    faces = torch.from_numpy(np.load(PIPE / "golden_pipeline.npz")["faces"][:4]).float().permute(0, 3, 1, 2)
+    faces = torch.nn.functional.interpolate(faces, size=(64, 64), mode="area").permute(0, 2, 3, 1) / 255
     track = FaceTrack(affines=np.tile(np.eye(2, 3), (4, 1, 1)), found=np.ones(4, bool),
-                      landmarks=np.zeros((4, 68, 2), np.float32), frame_size=(480, 640), crop_size=(210, 280))
+                      landmarks=np.zeros((4, 68, 2), np.float32), frame_size=(480, 640), crop_size=(52, 70),
+                      resolution=64)
     audio = FrameAudio(chunks=torch.randn(6, 50, 384, generator=torch.Generator().manual_seed(3)))
     return faces, track, audio
 
@@ -124,41 +132,43 @@ def test_pick_dtype(monkeypatch):
 
 # --- Sampler ---------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def first_run(nodes, model, comfy_vae, inputs):
+def first_run(nodes, small_model, comfy_vae, inputs):
     comfy.utils.UPDATES.clear()
-    out, track = sample(nodes, model, comfy_vae, inputs)
+    out, track = sample(nodes, small_model, comfy_vae, inputs)
     return out, track, list(comfy.utils.UPDATES)
 
 
-def test_sampler_output_length_progress_and_core_equality(model, diffusers_vae, inputs, first_run):
+def test_sampler_output_length_progress_and_core_equality(small_model, diffusers_vae, inputs, first_run):
     out, track, updates = first_run
-    assert out.shape == (6, 256, 256, 3) and out.dtype == torch.float32
+    assert out.shape == (6, 64, 64, 3) and out.dtype == torch.float32
     assert 0 <= out.min() and out.max() <= 1
     assert track.frame_index.tolist() == [0, 1, 2, 3, 3, 2] and len(track) == 6
     assert updates == [(1, 2), (2, 2)]  # 1 chunk x 2 steps
     faces, _, audio = inputs
-    core = LipSyncPipeline(model.unet, diffusers_vae).sync_faces(faces, audio.chunks, steps=2, seed=7, vae_encode="mean")
-    mask = torch.tensor(fixed_mask(256))
+    core = LipSyncPipeline(small_model.unet, diffusers_vae).sync_faces(faces, audio.chunks, steps=2, seed=7, vae_encode="mean")
+    mask = torch.tensor(fixed_mask(64))
     exact = ((mask - 1).abs() < 1e-6) | (mask.abs() < 1e-6)  # ComfyUI clamps the decode before the blend
     assert (core.faces.float().clamp(0, 1) - out)[:, exact].abs().max() < 2e-3
 
 
-def test_sampler_rejects_bad_input(nodes, model, comfy_vae, inputs):
+def test_sampler_rejects_bad_input(nodes, small_model, comfy_vae, inputs):
     faces, track, _ = inputs
-    big = model_mod.LatentSyncModel(unet=model.unet, resolution=512, dtype=torch.float32, name="LatentSync-1.6")
+    big = model_mod.LatentSyncModel(unet=small_model.unet, resolution=512, dtype=torch.float32, name="LatentSync-1.6")
     with pytest.raises(_errors.InputMismatchError, match="1.6 model for 512 px faces"):
         sample(nodes, big, comfy_vae, inputs)
+    with pytest.raises(_errors.InputMismatchError, match="faces are 256 px: set Face Crop & Align's resolution to 512"):
+        big.check_faces(256)
     with pytest.raises(_errors.FaceError, match="No face"):
-        sample(nodes, model, comfy_vae, inputs, track=replace(track, found=np.zeros(4, bool)))
+        sample(nodes, small_model, comfy_vae, inputs, track=replace(track, found=np.zeros(4, bool)))
     with pytest.raises(_errors.LatentSyncError, match="steps"):
-        sample(nodes, model, comfy_vae, inputs, steps=0)
+        sample(nodes, small_model, comfy_vae, inputs, steps=0)
     with pytest.raises(_errors.LatentSyncError, match="guidance"):
-        sample(nodes, model, comfy_vae, inputs, guidance=0.9)
+        sample(nodes, small_model, comfy_vae, inputs, guidance=0.9)
     with pytest.raises(_errors.InputMismatchError, match="face track"):
-        sample(nodes, model, comfy_vae, inputs, faces=faces[:3])
+        sample(nodes, small_model, comfy_vae, inputs, faces=faces[:3])
 
 
-def test_sampler_interrupt_then_normal_run(nodes, model, comfy_vae, inputs, first_run):
+def test_sampler_interrupt_then_normal_run(nodes, small_model, comfy_vae, inputs, first_run):
     """Cancel during the first U-Net call: the run stops at the next check; the next run is normal."""
     calls = []
 
@@ -166,24 +176,24 @@ def test_sampler_interrupt_then_normal_run(nodes, model, comfy_vae, inputs, firs
         calls.append(1)
         mm.interrupt_current_processing(True)
 
-    handle = model.unet.register_forward_hook(cancel)
+    handle = small_model.unet.register_forward_hook(cancel)
     try:
         with pytest.raises(mm.InterruptProcessingException):
-            sample(nodes, model, comfy_vae, inputs, steps=4, deepcache="2")
+            sample(nodes, small_model, comfy_vae, inputs, steps=4, deepcache="2")
     finally:
         handle.remove()
     assert len(calls) == 1
-    assert "forward" not in model.unet.mid_block.__dict__  # DeepCache unwrapped
-    assert next(model.unet.parameters()).device == mm.unet_offload_device()
-    again, _ = sample(nodes, model, comfy_vae, inputs)
+    assert "forward" not in small_model.unet.mid_block.__dict__  # DeepCache unwrapped
+    assert next(small_model.unet.parameters()).device == mm.unet_offload_device()
+    again, _ = sample(nodes, small_model, comfy_vae, inputs)
     assert torch.equal(again, first_run[0])
 
 
-def test_sampler_deepcache_skips_deep_blocks(nodes, model, comfy_vae, inputs, first_run):
+def test_sampler_deepcache_skips_deep_blocks(nodes, small_model, comfy_vae, inputs, first_run):
     ran = []
-    handle = model.unet.mid_block.resnets[0].register_forward_hook(lambda m, i, o: ran.append(1))
+    handle = small_model.unet.mid_block.resnets[0].register_forward_hook(lambda m, i, o: ran.append(1))
     try:
-        cached, _ = sample(nodes, model, comfy_vae, inputs, deepcache="2")
+        cached, _ = sample(nodes, small_model, comfy_vae, inputs, deepcache="2")
     finally:
         handle.remove()
     assert len(ran) == 1  # step 0 runs in full, step 1 reuses the deep features
