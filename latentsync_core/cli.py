@@ -18,6 +18,7 @@ length: a shorter video is looped back and forth, a longer one is cut.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import math
 import os
@@ -149,6 +150,17 @@ def resolve_models(args) -> dict[str, str]:
     return paths
 
 
+def release_host_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc keeps it otherwise, and the resident size creeps up
+    by tens of MB per segment on long videos); a no-op where malloc_trim does not exist."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def detect_faces(reader: VideoReader, aligner, quiet: bool):
     """Pass 1: landmarks of every frame (the frames themselves are not kept)."""
     from .face.gaps import bridge_gaps, format_ranges, runs
@@ -254,7 +266,8 @@ def run(args) -> str:
                     out = frames[src - lo]
                 writer.write(out)
                 bar.update(len(src))
-                del frames, faces
+                del frames, faces, out
+                release_host_memory()
     log.info("wrote %s: %d frames in %.1f s", args.out, num_out, time.perf_counter() - t0)
     return args.out
 
