@@ -293,7 +293,7 @@ def test_execution_error_exits_nonzero_with_comfy_message(comfy_stand_in, inputs
     code = run_api.main(_argv(server, wf, video, audio, out))
     assert code == run_api.EXIT_EXECUTION
     err = capsys.readouterr().err
-    assert "node 3 [LatentSyncSampler] failed" in err
+    assert "node 3 [LatentSyncSampler] failed: FaceError: " in err
     assert "No face found in any frame" in err
     assert not out.exists()
 

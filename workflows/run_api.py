@@ -276,10 +276,8 @@ def format_prompt_error(reply) -> str:
 
 
 def format_execution_error(data: dict) -> str:
-    return (
-        f"node {data.get('node_id')} [{data.get('node_type')}] failed: "
-        f"{data.get('exception_type', 'Error')}: {data.get('exception_message', '').strip()}"
-    )
+    kind = str(data.get("exception_type") or "Error").rsplit(".", 1)[-1]  # custom nodes' types carry a file path
+    return f"node {data.get('node_id')} [{data.get('node_type')}] failed: {kind}: {data.get('exception_message', '').strip()}"
 
 
 # ---------------------------------------------------------------------------------------------- run
