@@ -41,18 +41,18 @@ class LatentSyncLoadAudio:
 
     @classmethod
     def INPUT_TYPES(cls):
+        # start/duration come BEFORE the file: the front end appends its (unsaved) upload widget after
+        # `audio`, and a saved widget placed after it would load back shifted by one.
         return {
             "required": {
-                "audio": (
-                    bridge.input_files(MEDIA_EXTENSIONS),
-                    {"audio_upload": True, "tooltip": "An audio or video file in ComfyUI's input folder (upload with the button)."},
-                ),
-            },
-            "optional": {
                 "start": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1e6, "step": 0.01, "tooltip": "Seconds to skip at the beginning."}),
                 "duration": (
                     "FLOAT",
                     {"default": 0.0, "min": 0.0, "max": 1e6, "step": 0.01, "tooltip": "Seconds to keep from start; 0 = to the end."},
+                ),
+                "audio": (
+                    bridge.input_files(MEDIA_EXTENSIONS),
+                    {"audio_upload": True, "tooltip": "An audio or video file in ComfyUI's input folder (upload with the button)."},
                 ),
             },
         }
