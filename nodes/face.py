@@ -39,16 +39,6 @@ class _Uint8Frames:
         return (frame[..., :3].float() * 255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
 
 
-def _progress(total: int):
-    bar = bridge.progress_bar(total)
-
-    def update(done: int, _total: int) -> None:
-        bridge.check_interrupted()
-        bar.update_absolute(done, total)
-
-    return update
-
-
 def _task_path() -> str | None:
     """``face_landmarker.task`` for mediapipe releases without the legacy face mesh (fetched once)."""
     if legacy_face_mesh_available() or not tasks_available():
@@ -99,7 +89,7 @@ class LatentSyncFaceCropAlign:
         frames = _Uint8Frames(images)
         aligner = FaceAligner(int(resolution), face=selection, max_gap=int(max_gap_frames), task_path=_task_path())
         try:
-            result = aligner.align(frames, progress=_progress(2 * len(frames)))
+            result = aligner.align(frames, progress=bridge.progress_callback(2 * len(frames)))
         finally:
             aligner.close()
         faces = torch.from_numpy(result.faces).float().div_(255.0)
@@ -141,7 +131,7 @@ class LatentSyncPasteBack:
         n = len(face_track)
         out = torch.empty((n, *images.shape[1:3], 3), dtype=torch.float32)
         originals = _Uint8Frames(images, face_track.frame_index)
-        progress = _progress(n)
+        progress = bridge.progress_callback(n)
         for start in range(0, n, BATCH):
             stop = min(n, start + BATCH)
             for i in range(start, stop):
