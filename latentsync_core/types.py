@@ -39,7 +39,7 @@ class FrameAudio:
 class FaceTrack:
     """Where the face is in every frame, and how to put a generated face back.
 
-    affines:     float64 ``[N, 2, 3]`` image -> crop affine per frame (crop of ``crop_size``).
+    affines:     float64 ``[N, 2, 3]`` image -> crop affine per frame (crop of ``crop_size``; NaN where not found).
     found:       bool ``[N]``; False = no face: the frame passes through untouched.
     landmarks:   float32 ``[N, 68, 2]`` (smoothed) landmarks in image pixels (NaN where not found).
     frame_index: int64 ``[N]``: the index of the original video frame each entry belongs to. Identity
