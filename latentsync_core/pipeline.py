@@ -37,6 +37,7 @@ from .constants import (
     DEFAULT_SEED,
     DEFAULT_STEPS,
     LATENT_CHANNELS,
+    RESOLUTION,
     VAE_DOWNSCALE,
 )
 from .deepcache import DeepCache
@@ -75,8 +76,9 @@ class LipSyncPipeline:
     """
 
     def __init__(self, unet: torch.nn.Module, vae, whisper=None, scheduler_config: dict | None = None,
-                 aligner=None):
+                 aligner=None, resolution: int = RESOLUTION):
         self.unet = unet
+        self.resolution = resolution  # face size of the aligner __call__ builds (256: 1.5, 512: 1.6)
         param = next(unet.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.vae: LatentVae = as_latent_vae(vae, self.device)
@@ -257,7 +259,7 @@ class LipSyncPipeline:
                  **kwargs) -> np.ndarray:
         """Frames uint8 ``[V,H,W,3]`` RGB + audio -> lip-synced frames uint8 ``[N,H,W,3]``, N from the audio.
 
-        Needs ``whisper`` (and builds a ``FaceAligner`` at the faces' resolution if none was given);
+        Needs ``whisper`` (and builds a ``FaceAligner`` at ``resolution`` if no aligner was given);
         keyword arguments go to :meth:`sync_faces`.
         """
         from .audio import audio_features, frame_audio_chunks, num_frames_for_duration
@@ -269,7 +271,7 @@ class LipSyncPipeline:
         features = audio_features(self.whisper, waveform, sample_rate)
         duration = waveform.shape[-1] / float(sample_rate)
         chunks = frame_audio_chunks(features, num_frames_for_duration(duration, fps), fps=fps)
-        aligner = self.aligner or FaceAligner()
+        aligner = self.aligner or FaceAligner(self.resolution)
         try:
             aligned = aligner.align(np.asarray(frames))
         finally:

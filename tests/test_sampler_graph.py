@@ -85,3 +85,9 @@ def test_core_whole_job_on_frames_and_audio(pack):
         assert own < other
     changed = np.abs(out[0].astype(int) - frames[0].astype(int)).max(-1) > 2
     assert 0 < changed.mean() < 0.2  # only the face region changed
+
+    # 512 px faces (LatentSync 1.6): the aligner the pipeline builds follows `resolution`
+    small = LipSyncPipeline(unet, vae, whisper, resolution=512)(frames, waveform, 16000, fps=25.0, steps=1, guidance=1.0)
+    assert small.shape == out.shape
+    changed_small = np.abs(small[0].astype(int) - frames[0].astype(int)).max(-1) > 2
+    assert 0 < changed_small.mean() < 0.2 and not np.array_equal(small, out)
