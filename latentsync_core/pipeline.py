@@ -262,15 +262,12 @@ class LipSyncPipeline:
         Needs ``whisper`` (and builds a ``FaceAligner`` at ``resolution`` if no aligner was given);
         keyword arguments go to :meth:`sync_faces`.
         """
-        from .audio import audio_features, frame_audio_chunks, num_frames_for_duration
+        from .audio import embed_audio
         from .face import FaceAligner, paste_back
 
         if self.whisper is None:
             raise LatentSyncError("LipSyncPipeline needs a whisper encoder (load_whisper) to run on audio.")
-        waveform = torch.as_tensor(waveform)
-        features = audio_features(self.whisper, waveform, sample_rate)
-        duration = waveform.shape[-1] / float(sample_rate)
-        chunks = frame_audio_chunks(features, num_frames_for_duration(duration, fps), fps=fps)
+        chunks = embed_audio(self.whisper, waveform, sample_rate, fps=fps).chunks
         aligner = self.aligner or FaceAligner(self.resolution)
         try:
             aligned = aligner.align(np.asarray(frames))
