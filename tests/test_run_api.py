@@ -8,10 +8,12 @@ executing, progress, a binary preview, a ping, execution_error / execution_succe
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.parser
 import hashlib
 import importlib.util
 import json
+import socket
 import struct
 import threading
 import urllib.parse
@@ -52,7 +54,7 @@ class StandIn:
     """State and script of one stand-in server."""
 
     def __init__(self, mode: str):
-        self.mode = mode  # "success" | "execution_error" | "invalid" | "no_ws"
+        self.mode = mode  # "success" | "execution_error" | "invalid" | "no_ws" | "ws_drop"
         self.uploads: dict[str, bytes] = {}
         self.prompts: list[dict] = []
         self.queued = threading.Event()
@@ -67,6 +69,8 @@ class StandIn:
         msg = lambda t, d: _frame(0x1, json.dumps({"type": t, "data": {**d, "prompt_id": PROMPT_ID}}).encode())  # noqa: E731
         yield msg("execution_start", {"timestamp": 0})
         yield msg("executing", {"node": "3", "display_node": "3"})
+        if self.mode == "ws_drop":
+            return
         yield _frame(0x9, b"ping")
         yield _frame(0x2, b"\x00\x00\x00\x01" + b"\xff\xd8 jpeg preview")
         big = {"value": 1, "max": 2, "node": "3", "pad": "x" * 70000}  # 64-bit length frame
@@ -153,6 +157,14 @@ def make_handler(state: StandIn):
                     self.wfile.write(frame)
                     self.wfile.flush()
                     state.ws_messages_sent += 1
+                if state.mode == "ws_drop":  # abort the connection (TCP reset) while the prompt still runs
+                    self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                else:  # read what the client still sends (pong, close) until it hangs up: closing a socket
+                    # with unread data would reset the connection before the client has read every frame
+                    self.connection.settimeout(5)
+                    with contextlib.suppress(OSError):
+                        while self.connection.recv(4096):
+                            pass
                 self.close_connection = True
                 return None
             if url.path.startswith("/history/"):
@@ -314,6 +326,16 @@ def test_without_websocket_polls_history(comfy_stand_in, inputs, capsys):
     assert run_api.main(_argv(server, wf, video, audio, out)) == 0
     assert (out / "LatentSync_00001_.mp4").read_bytes() == VIDEO_BYTES
     assert "polling" in capsys.readouterr().err
+
+
+def test_websocket_dropped_mid_run_falls_back_to_polling(comfy_stand_in, inputs, capsys):
+    """A websocket reset while the prompt runs must not abort the client: the job goes on on the server."""
+    _, server = comfy_stand_in("ws_drop")
+    wf, video, audio, out = inputs
+    assert run_api.main(_argv(server, wf, video, audio, out)) == 0
+    assert (out / "LatentSync_00001_.mp4").read_bytes() == VIDEO_BYTES
+    err = capsys.readouterr().err
+    assert "running node 3" in err and "websocket lost" in err
 
 
 def test_unreachable_server_and_bad_inputs(inputs, tmp_path, capsys):

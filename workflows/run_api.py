@@ -288,7 +288,12 @@ def follow(ws: WebSocket | None, comfy: Comfy, prompt_id: str, deadline: float, 
         now = time.monotonic()
         if now > deadline:
             raise ClientError(f"timed out waiting for prompt {prompt_id}", EXIT_TIMEOUT)
-        msg = ws.receive(timeout=min(2.0, max(0.05, deadline - now))) if ws else None
+        try:
+            msg = ws.receive(timeout=min(2.0, max(0.05, deadline - now))) if ws else None
+        except OSError as exc:  # the websocket dropped (reset, closed): the job runs on, so poll instead
+            log(f"websocket lost ({exc}); polling the history")
+            ws.close()
+            ws, msg = None, None
         if msg is None:
             if ws is None:
                 time.sleep(0.5)
