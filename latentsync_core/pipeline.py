@@ -130,7 +130,8 @@ class LipSyncPipeline:
         steps/guidance: DDIM steps (>= 1) and CFG scale (>= 1; 1 = no unconditional pass).
         seed/generator: the run's randomness (a CPU generator; noise is identical on every device).
         initial_latents: ``[1,4,1,h,w]`` (repeated) or ``[1,4,N',h,w]`` with N' >= number of synced
-                        frames: replaces the drawn noise (the generator still draws it first).
+                        frames: replaces the drawn noise (nothing is drawn for it then, so the
+                        generator goes straight to the VAE posterior samples).
         vae_encode:     "sample" (official: posterior sample with the generator) or "mean".
         deepcache:      0/1 = off, 2..5 = DeepCache interval (full U-Net pass every n-th step).
         latent_overrides: per chunk, optional ``masked_image_latents`` / ``ref_latents`` ``[1,4,F,h,w]``
@@ -175,11 +176,14 @@ class LipSyncPipeline:
         latent_hw = resolution // VAE_DOWNSCALE
         scheduler = self.make_scheduler(steps)
         do_cfg = guidance > 1.0
-        # one noise frame for the whole video, drawn before anything else (as the official code)
-        noise = torch.randn((1, LATENT_CHANNELS, 1, latent_hw, latent_hw), generator=generator, dtype=torch.float32)
-        noise = noise * scheduler.init_noise_sigma
         if initial_latents is not None:
+            # given noise is not drawn again: a run split into segments that share one generator (the
+            # streaming job) then draws exactly what one run over the whole video draws
             noise = initial_latents.float()
+        else:
+            # one noise frame for the whole video, drawn before anything else (as the official code)
+            noise = torch.randn((1, LATENT_CHANNELS, 1, latent_hw, latent_hw), generator=generator, dtype=torch.float32)
+            noise = noise * scheduler.init_noise_sigma
         mask = torch.tensor(fixed_mask(resolution), dtype=torch.float64).to(self.device)  # [res,res], 1 = keep
         cache = DeepCache(self.unet, deepcache)
         if cache.enabled and not hasattr(self.unet, "down_blocks"):
