@@ -43,6 +43,7 @@ from .constants import (
 from .deepcache import DeepCache
 from .errors import FaceError, InputMismatchError, LatentSyncError
 from .face.paste import fixed_mask
+from .types import FrameAudio
 from .length import ping_pong_indices
 from .vae import VAE_ENCODE_MODES, LatentVae, as_latent_vae
 
@@ -103,7 +104,7 @@ class LipSyncPipeline:
     def sync_faces(
         self,
         faces: torch.Tensor,
-        audio_chunks: torch.Tensor,
+        audio_chunks: torch.Tensor | FrameAudio,
         *,
         source_index: Sequence[int] | np.ndarray | None = None,
         found: Sequence[bool] | np.ndarray | None = None,
@@ -122,7 +123,8 @@ class LipSyncPipeline:
         """Lip-sync aligned faces to per-frame audio windows.
 
         faces:          ``[V,res,res,3]`` uint8 or float 0..1 (host or device): the aligned faces.
-        audio_chunks:   float ``[N,50,384]``: one audio window per OUTPUT frame (``FrameAudio.chunks``).
+        audio_chunks:   a ``FrameAudio`` (windows cut per chunk) or float ``[N,50,384]``: one audio window
+                        per OUTPUT frame.
         source_index:   int ``[N]``: which face each output frame uses (default: the length rule,
                         :func:`ping_pong_indices`); faces are gathered per chunk, never all at once.
         found:          bool ``[V]`` per input face; False = no face: not sent through the model, the
@@ -154,12 +156,8 @@ class LipSyncPipeline:
         resolution = int(faces.shape[1])
         if resolution % VAE_DOWNSCALE:
             raise InputMismatchError(f"Face resolution {resolution} is not a multiple of {VAE_DOWNSCALE}.")
-        audio_chunks = torch.as_tensor(audio_chunks)
-        if audio_chunks.ndim != 3 or tuple(audio_chunks.shape[1:]) != (AUDIO_TOKENS_PER_FRAME, AUDIO_EMBED_DIM):
-            raise InputMismatchError(
-                f"Audio windows must be [N,{AUDIO_TOKENS_PER_FRAME},{AUDIO_EMBED_DIM}], got {tuple(audio_chunks.shape)}."
-            )
-        num_out = int(audio_chunks.shape[0])
+        windows = _audio_windows(audio_chunks)
+        num_out = int(audio_chunks.num_frames if hasattr(audio_chunks, "num_frames") else len(audio_chunks))
         index = (ping_pong_indices(len(faces), num_out) if source_index is None
                  else np.asarray(source_index, dtype=np.int64))
         if len(index) != num_out or (num_out and (index.min() < 0 or index.max() >= len(faces))):
@@ -224,7 +222,7 @@ class LipSyncPipeline:
                 else:
                     latents = noise[:, :, start:start + n].to(self.device).clone()
 
-                audio = audio_chunks[torch.from_numpy(rows)].to(self.device, self.dtype)
+                audio = windows(rows).to(self.device, self.dtype)
                 cond = torch.cat([mask_lat, masked_lat, ref_lat], dim=1)
                 if do_cfg:
                     audio = torch.cat([torch.zeros_like(audio), audio])
@@ -271,18 +269,30 @@ class LipSyncPipeline:
 
         if self.whisper is None:
             raise LatentSyncError("LipSyncPipeline needs a whisper encoder (load_whisper) to run on audio.")
-        chunks = embed_audio(self.whisper, waveform, sample_rate, fps=fps).chunks
+        chunks = embed_audio(self.whisper, waveform, sample_rate, fps=fps)
         aligner = self.aligner or FaceAligner(self.resolution)
         try:
             aligned = aligner.align(np.asarray(frames))
         finally:
             if self.aligner is None:
                 aligner.close()
-        index = ping_pong_indices(len(frames), len(chunks))
+        index = ping_pong_indices(len(frames), chunks.num_frames)
         result = self.sync_faces(torch.from_numpy(np.asarray(aligned.faces)), chunks, source_index=index,
                                  found=aligned.found, **kwargs)
         return paste_back(np.asarray(frames)[index], result.faces.float().numpy(),
                           np.asarray(aligned.affines)[index], result.synced)
+
+
+def _audio_windows(audio) -> Callable[[np.ndarray], torch.Tensor]:
+    """``rows -> [len(rows),50,384]`` for a ``FrameAudio`` or a ``[N,50,384]`` window tensor (validated)."""
+    if callable(getattr(audio, "windows", None)):  # a FrameAudio (duck-typed: the pack may be imported twice)
+        return audio.windows
+    audio = torch.as_tensor(audio)
+    if audio.ndim != 3 or tuple(audio.shape[1:]) != (AUDIO_TOKENS_PER_FRAME, AUDIO_EMBED_DIM):
+        raise InputMismatchError(
+            f"Audio windows must be [N,{AUDIO_TOKENS_PER_FRAME},{AUDIO_EMBED_DIM}], got {tuple(audio.shape)}."
+        )
+    return lambda rows: audio[torch.from_numpy(np.asarray(rows, dtype=np.int64))]
 
 
 def _faces01(faces: torch.Tensor) -> torch.Tensor:

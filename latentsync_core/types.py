@@ -19,20 +19,47 @@ from .constants import DEFAULT_FPS, RESOLUTION, SAMPLE_RATE
 class FrameAudio:
     """Audio conditioning for ``num_frames`` video frames at ``fps``.
 
-    chunks:      float32 ``[num_frames, 50, 384]`` per-frame whisper windows (CPU).
-    fps:         video frame rate the windows were cut for.
+    Holds the 50 Hz whisper features, not the per-frame table: each frame's ``[50, 384]`` window is cut
+    when a chunk needs it (:meth:`windows`), so 10 minutes at 25 fps take ~60 MB instead of ~1.2 GB.
+
+    features:    float32 ``[L, 5, 384]`` whisper hidden states, 50 per second (CPU).
+    num_frames:  how many video frames the audio covers (the output length).
+    fps:         video frame rate the windows are cut for.
     waveform:    float32 ``[1, T]`` mono 16 kHz waveform in [-1, 1] (for writing the output video).
     sample_rate: always ``SAMPLE_RATE`` (16000).
+    table:       optional precomputed windows ``[num_frames, 50, 384]`` (:meth:`from_windows`); when set,
+                 ``features`` may be None.
     """
 
-    chunks: torch.Tensor
+    features: torch.Tensor | None
+    num_frames: int
     fps: float = DEFAULT_FPS
     waveform: torch.Tensor | None = None
     sample_rate: int = SAMPLE_RATE
+    table: torch.Tensor | None = None
+
+    @classmethod
+    def from_windows(cls, windows: torch.Tensor, fps: float = DEFAULT_FPS, **kwargs) -> FrameAudio:
+        """A ``FrameAudio`` over given per-frame windows ``[N, 50, 384]`` (tests, custom conditioning)."""
+        return cls(features=None, num_frames=int(windows.shape[0]), fps=fps, table=windows, **kwargs)
+
+    def windows(self, frames=None) -> torch.Tensor:
+        """Windows of the given output frames (int ``[n]``; default all): float ``[n, 50, 384]``."""
+        if frames is None:
+            frames = np.arange(self.num_frames)
+        frames = np.asarray(frames, dtype=np.int64).reshape(-1)
+        if len(frames) and (frames.min() < 0 or frames.max() >= self.num_frames):
+            raise IndexError(f"audio frames {frames.min()}..{frames.max()} outside 0..{self.num_frames - 1}")
+        if self.table is not None:
+            return self.table[torch.from_numpy(frames)]
+        from .audio.features import frame_audio_windows
+
+        return frame_audio_windows(self.features, frames, self.fps)
 
     @property
-    def num_frames(self) -> int:
-        return int(self.chunks.shape[0])
+    def chunks(self) -> torch.Tensor:
+        """Every frame's window ``[num_frames, 50, 384]`` at once (77 KB a frame: short clips only)."""
+        return self.windows()
 
 
 @dataclass(frozen=True)

@@ -91,7 +91,7 @@ class LatentSyncSampler:
         with model.on_compute_device() as unet:
             pipe = LipSyncPipeline(unet, ComfyVae(vae, device=bridge.compute_device()))
             result = pipe.sync_faces(
-                faces[..., :3], audio.chunks, source_index=index, found=face_track.found,
+                faces[..., :3], audio, source_index=index, found=face_track.found,
                 steps=steps, guidance=guidance, seed=seed, vae_encode="mean",
                 deepcache=0 if deepcache == "off" else int(deepcache),
                 progress=lambda done, total: bar.update_absolute(done, total),

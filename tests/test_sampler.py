@@ -76,7 +76,7 @@ def inputs():
     track = FaceTrack(affines=np.tile(np.eye(2, 3), (4, 1, 1)), found=np.ones(4, bool),
                       landmarks=np.zeros((4, 68, 2), np.float32), frame_size=(480, 640), crop_size=(52, 70),
                       resolution=64)
-    audio = FrameAudio(chunks=torch.randn(6, 50, 384, generator=torch.Generator().manual_seed(3)))
+    audio = FrameAudio.from_windows(torch.randn(6, 50, 384, generator=torch.Generator().manual_seed(3)))
     return faces, track, audio
 
 

@@ -160,18 +160,26 @@ def _window_shares(starts: list[int], steps: int, n_ctx: int, overlapping: bool)
 
 
 def frame_audio_chunks(features: torch.Tensor, num_frames: int, fps: float = DEFAULT_FPS) -> torch.Tensor:
-    """Per-video-frame audio windows.
+    """Per-video-frame audio windows of frames ``0 .. num_frames - 1`` (see :func:`frame_audio_windows`).
+
+    Returns ``[num_frames, 50, 384]``, dtype and device of ``features``.
+    """
+    return frame_audio_windows(features, np.arange(max(int(num_frames), 0)), fps)
+
+
+def frame_audio_windows(features: torch.Tensor, frames, fps: float = DEFAULT_FPS) -> torch.Tensor:
+    """The audio windows of the given video frames.
 
     Frame ``i`` takes whisper steps ``c-4 … c+5`` with ``c = int(i * 50 / fps)``, clamped to the valid
     steps, flattened time-major then layer (as the official ``get_sliced_feature``).
 
     Args:
         features: ``[L, 5, 384]`` from :func:`audio_features`.
-        num_frames: how many frames to make (see :func:`num_frames_for_duration`).
+        frames: int ``[n]`` video frame indices (any order; repeats allowed).
         fps: video frame rate.
 
     Returns:
-        ``[num_frames, 50, 384]``, dtype and device of ``features``.
+        ``[n, 50, 384]``, dtype and device of ``features``.
     """
     if features.ndim != 3 or features.shape[0] == 0:
         raise AudioError(f"Expected whisper features [steps, layers, width], got shape {tuple(features.shape)}.")
@@ -179,10 +187,10 @@ def frame_audio_chunks(features: torch.Tensor, num_frames: int, fps: float = DEF
         raise AudioError(f"fps must be a positive number, got {fps}.")
     steps, layers, width = features.shape
     # the same float64 arithmetic as the official int(i * 50 / fps)
-    centers = (np.arange(max(int(num_frames), 0)) * WHISPER_STEPS_PER_SECOND / float(fps)).astype(np.int64)
+    centers = (np.asarray(frames, dtype=np.int64).reshape(-1) * WHISPER_STEPS_PER_SECOND / float(fps)).astype(np.int64)
     offsets = np.arange(-AUDIO_CONTEXT_BEFORE, AUDIO_CONTEXT_AFTER + 1)
     index = np.clip(centers[:, None] + offsets[None], 0, steps - 1)
-    picked = features[torch.from_numpy(index).to(features.device)]  # [N, 10, layers, width]
+    picked = features[torch.from_numpy(index).to(features.device)]  # [n, 10, layers, width]
     return picked.reshape(len(centers), len(offsets) * layers, width)
 
 
@@ -195,11 +203,14 @@ def embed_audio(
     num_frames: int | None = None,
     progress: Progress | None = None,
 ) -> FrameAudio:
-    """Everything the sampler needs from a clip: per-frame windows for ``num_frames`` frames at ``fps``
-    (default: :func:`num_frames_for_duration` of the clip) and the 16 kHz mono waveform ``[1, T]``."""
+    """Everything the sampler needs from a clip: the 50 Hz features, from which the per-frame windows of
+    ``num_frames`` frames at ``fps`` (default: :func:`num_frames_for_duration` of the clip) are cut on
+    demand (:meth:`FrameAudio.windows`), and the 16 kHz mono waveform ``[1, T]``."""
     wave = whisper_waveform(waveform, sample_rate)
     if num_frames is None:
         num_frames = num_frames_for_duration(wave.numel() / SAMPLE_RATE, fps)
     features = features_from_log_mel(whisper, log_mel(wave), mode, progress)
-    chunks = frame_audio_chunks(features, num_frames, fps).contiguous()
-    return FrameAudio(chunks=chunks, fps=float(fps), waveform=wave[None].contiguous(), sample_rate=SAMPLE_RATE)
+    if num_frames > 0:
+        frame_audio_windows(features, [0], fps)  # validate here, not in the first chunk of the sampler
+    return FrameAudio(features=features.contiguous(), num_frames=int(num_frames), fps=float(fps),
+                      waveform=wave[None].contiguous(), sample_rate=SAMPLE_RATE)
