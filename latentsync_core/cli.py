@@ -18,34 +18,24 @@ length: a shorter video is looped back and forth, a longer one is cut.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
-import math
 import os
 import sys
-import time
 
-import numpy as np
 import torch
 
 from .constants import (
-    CHUNK_FRAMES,
     DEFAULT_GUIDANCE,
     DEFAULT_SEED,
     DEFAULT_STEPS,
-    FACE_BORDER_VALUE,
-    LATENT_CHANNELS,
-    MAX_FACE_GAP,
     MODEL_FOLDER,
-    VAE_DOWNSCALE,
 )
 from .errors import LatentSyncError
-from .video_io import DEFAULT_CRF, VideoReader, VideoWriter, probe_video
+from .safe_output import check_output_path
+from .video_io import DEFAULT_CRF, probe_video
 
 log = logging.getLogger("latentsync_core.cli")
 
-SEGMENT_FRAMES = 4 * CHUNK_FRAMES  # output frames sampled per segment (bounded host memory)
-DETECT_CHUNK = 32  # frames decoded at a time for face detection
 RESOLUTIONS = {"1.5": 256, "1.6": 512}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -150,126 +140,52 @@ def resolve_models(args) -> dict[str, str]:
     return paths
 
 
-def release_host_memory() -> None:
-    """Hand freed heap memory back to the OS (glibc keeps it otherwise, and the resident size creeps up
-    by tens of MB per segment on long videos); a no-op where malloc_trim does not exist."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-
-
-def detect_faces(reader: VideoReader, aligner, quiet: bool):
-    """Pass 1: landmarks of every frame (the frames themselves are not kept)."""
-    from .face.gaps import bridge_gaps, format_ranges, runs
-    from .face.geometry import track_affines
-
-    n = reader.num_frames
-    landmarks = np.full((n, 68, 2), np.nan)
-    found = np.zeros(n, dtype=bool)
-    with _bar(n, "faces", quiet) as bar:
-        for start, frames in reader.chunks(DETECT_CHUNK):
-            lm, ok = aligner.detect(frames)
-            landmarks[start : start + len(frames)], found[start : start + len(frames)] = lm, ok
-            bar.update(len(frames))
-    if not found.any():
-        raise LatentSyncError(
-            f"No face found in any of the {n} frames. Use a video with a clearly visible, reasonably frontal face."
-        )
-    landmarks, found, bridged = bridge_gaps(landmarks, found, MAX_FACE_GAP)
-    _, affines = track_affines(landmarks, found, aligner.resolution)
-    if (~found).any():
-        log.warning("no face in frames %s: they are left untouched", format_ranges(runs(~found)))
-    if bridged.any():
-        log.info("face bridged over frames %s", format_ranges(runs(bridged)))
-    return affines, found
-
-
 def run(args) -> str:
-    from .audio import embed_audio, load_audio_file, load_whisper
-    from .face import FaceAligner, paste_back
-    from .face.geometry import warp_face
-    from .length import ping_pong_indices
-    from .pipeline import LipSyncPipeline
+    """Load the models, then run the streaming job (:func:`latentsync_core.stream.lip_sync_video`)."""
+    from .audio import load_audio_file, load_whisper
+    from .face import FaceAligner
+    from .stream import StreamSettings, lip_sync_video
     from .unet import load_unet
     from .unet.config import UNetConfig
     from .vae import load_vae
 
-    t0 = time.perf_counter()
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
     resolution = RESOLUTIONS[args.version]
-    info = probe_video(args.video)
-    fps = float(info.fps)
-    log.info("video: %dx%d, %d frames at %.3f fps", info.width, info.height, info.num_frames, fps)
-    if not args.out.lower().endswith((".mp4", ".mov", ".mkv")):
-        raise LatentSyncError(f"--out {args.out}: use an .mp4, .mov or .mkv file name")
+    face = args.face if args.face == "largest" else int(args.face)
+    settings = StreamSettings(
+        steps=args.steps, guidance=args.guidance, seed=args.seed, deepcache=args.deepcache, face=face, crf=args.crf
+    )
+    check_output_path(args.out, inputs=[args.video, args.audio])
+    probe_video(args.video)  # a clear error before any model loads
 
     paths = resolve_models(args)
-
-    # audio: native samples for the output track, whisper windows for the model
     waveform, rate = load_audio_file(args.audio)
     whisper = load_whisper(paths["whisper"], device=device)
-    frame_audio = embed_audio(whisper, waveform, rate, fps=fps)
-    del whisper
-    num_out = frame_audio.num_frames
-    if num_out < 1:
-        raise LatentSyncError("The audio is shorter than one video frame.")
-    index = ping_pong_indices(info.num_frames, num_out)
+    unet = load_unet(args.unet_config or UNetConfig(), paths["unet"], device=device, dtype=dtype)
+    vae = load_vae(paths["vae"], args.vae_config, device=device, dtype=dtype)
+    aligner = FaceAligner(resolution, face=face)
+    bars: dict[str, object] = {}
 
-    aligner = FaceAligner(resolution, face=args.face if args.face == "largest" else int(args.face))
-    with VideoReader(args.video) as reader:
-        affines, found = detect_faces(reader, aligner, args.quiet)
-        aligner.close()
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[stage] = _bar(total, stage, args.quiet)
+        bars[stage].update(done - bars[stage].n)
 
-        unet = load_unet(args.unet_config or UNetConfig(), paths["unet"], device=device, dtype=dtype)
-        vae = load_vae(paths["vae"], args.vae_config, device=device, dtype=dtype)
-        pipeline = LipSyncPipeline(unet, vae)
-        # one noise frame for the whole video (as the official pipeline and the graph), and one generator
-        # carried across segments for the VAE posterior samples
-        generator = torch.Generator("cpu").manual_seed(int(args.seed))
-        latent = resolution // VAE_DOWNSCALE
-        noise = torch.randn(
-            (1, LATENT_CHANNELS, 1, latent, latent), generator=torch.Generator("cpu").manual_seed(int(args.seed))
+    try:
+        report = lip_sync_video(
+            args.video, args.out, waveform, rate, unet=unet, vae=vae, whisper=whisper, settings=settings,
+            resolution=resolution, aligner=aligner, progress=progress,
         )
-
-        audio_track = (waveform[:, : math.ceil(num_out / fps * rate)].numpy(), rate)
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with (
-            VideoWriter(args.out, info.width, info.height, info.fps, audio=audio_track, crf=args.crf) as writer,
-            _bar(num_out, "lip sync", args.quiet) as bar,
-        ):
-            for a in range(0, num_out, SEGMENT_FRAMES):
-                src = index[a : a + SEGMENT_FRAMES]
-                lo, hi = int(src.min()), int(src.max()) + 1
-                frames = reader.read(lo, hi)  # the only full-size frames in memory
-                faces = np.full((hi - lo, resolution, resolution, 3), FACE_BORDER_VALUE, dtype=np.uint8)
-                for j in np.flatnonzero(found[lo:hi]):
-                    faces[j] = warp_face(frames[j], affines[lo + j], resolution)
-                if found[src].any():
-                    result = pipeline.sync_faces(
-                        torch.from_numpy(faces),
-                        frame_audio.chunks[a : a + len(src)],
-                        source_index=src - lo,
-                        found=found[lo:hi],
-                        steps=args.steps,
-                        guidance=args.guidance,
-                        generator=generator,
-                        initial_latents=noise,
-                        deepcache=args.deepcache,
-                    )
-                    synced = (result.faces.float() * 255).round().clamp(0, 255).to(torch.uint8).numpy()
-                    out = paste_back(frames[src - lo], synced, affines[src], found[src])
-                else:
-                    out = frames[src - lo]
-                writer.write(out)
-                bar.update(len(src))
-                del frames, faces, out
-                release_host_memory()
-    log.info("wrote %s: %d frames in %.1f s", args.out, num_out, time.perf_counter() - t0)
-    return args.out
+    finally:
+        aligner.close()
+        for bar in bars.values():
+            bar.close()
+    log.info("%s", report.summary())
+    log.info("wrote %s in %.1f s", report.path, report.seconds)
+    return report.path
 
 
 def main(argv=None) -> int:

@@ -43,8 +43,8 @@ from .constants import (
 from .deepcache import DeepCache
 from .errors import FaceError, InputMismatchError, LatentSyncError
 from .face.paste import fixed_mask
-from .types import FrameAudio
 from .length import ping_pong_indices
+from .types import FrameAudio
 from .vae import VAE_ENCODE_MODES, LatentVae, as_latent_vae
 
 log = logging.getLogger(__name__)
@@ -94,6 +94,13 @@ class LipSyncPipeline:
         scheduler = DDIMScheduler(**self.scheduler_config)
         scheduler.set_timesteps(steps, device=self.device)
         return scheduler
+
+    def draw_noise(self, generator: torch.Generator, resolution: int, steps: int = DEFAULT_STEPS) -> torch.Tensor:
+        """The run's one noise frame float32 ``[1,4,1,h,w]`` (repeated over every frame), drawn from
+        ``generator`` before anything else, as the official code does."""
+        latent_hw = resolution // VAE_DOWNSCALE
+        noise = torch.randn((1, LATENT_CHANNELS, 1, latent_hw, latent_hw), generator=generator, dtype=torch.float32)
+        return noise * self.make_scheduler(steps).init_noise_sigma
 
     def _unet(self, sample, t, audio):
         out = self.unet(sample, t, encoder_hidden_states=audio)
@@ -179,9 +186,7 @@ class LipSyncPipeline:
             # streaming job) then draws exactly what one run over the whole video draws
             noise = initial_latents.float()
         else:
-            # one noise frame for the whole video, drawn before anything else (as the official code)
-            noise = torch.randn((1, LATENT_CHANNELS, 1, latent_hw, latent_hw), generator=generator, dtype=torch.float32)
-            noise = noise * scheduler.init_noise_sigma
+            noise = self.draw_noise(generator, resolution, steps)
         mask = torch.tensor(fixed_mask(resolution), dtype=torch.float64).to(self.device)  # [res,res], 1 = keep
         cache = DeepCache(self.unet, deepcache)
         if cache.enabled and not hasattr(self.unet, "down_blocks"):

@@ -125,3 +125,35 @@ def should_use_fp16(device, model_params: int = 0) -> bool:
 def free_memory(num_bytes: int, device) -> None:
     """Ask ComfyUI to unload its own models until ``num_bytes`` are free on ``device``."""
     model_management.free_memory(num_bytes, device)
+
+
+def temp_directory() -> str:
+    """ComfyUI's temp folder (emptied when the server starts, never between prompts)."""
+    return folder_paths.get_temp_directory()
+
+
+def video_from_file_class():
+    """ComfyUI's file-backed ``VideoFromFile`` (the core VIDEO type, ComfyUI >= 0.3.31), or None on
+    releases without it."""
+    try:
+        from comfy_api.input_impl import VideoFromFile  # 0.3.31 on (a re-export since 0.3.48)
+    except ImportError:
+        try:
+            from comfy_api.latest import InputImpl  # should the old re-export ever go
+        except ImportError:
+            return None
+        return getattr(InputImpl, "VideoFromFile", None)
+    return VideoFromFile
+
+
+def progress_text(text: str, node_id: str | None) -> None:
+    """Show ``text`` on the running node while it works (ComfyUI's progress text; silently skipped on
+    releases or stand-ins without it)."""
+    if node_id is None:
+        return
+    try:
+        from server import PromptServer
+
+        PromptServer.instance.send_progress_text(text, node_id)
+    except Exception:  # noqa: S110 (purely cosmetic: an old server without progress text, or no server)
+        pass

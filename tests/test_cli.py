@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 import pytest
 
-from latentsync_core import cli
+from latentsync_core import cli, stream
 from latentsync_core.video_io import VideoReader, VideoWriter, probe_video
 
 FIX = Path(__file__).resolve().parent / "fixtures"
@@ -126,7 +126,7 @@ def test_cli_lipsyncs_a_clip_with_tiny_models(face_clip, tmp_path, monkeypatch):
     speech = tmp_path / "speech.wav"
     _write_wav(speech, 0.28)  # 7 frames at 25 fps: the 4-frame clip is looped 0 1 2 3 3 2 1
     out = tmp_path / "out" / "synced.mp4"
-    monkeypatch.setattr(cli, "SEGMENT_FRAMES", 3)  # several segments, one read backwards
+    monkeypatch.setattr(stream, "IO_BLOCK", 3)  # several blocks, one read backwards
     argv = ["--video", str(clip), "--audio", str(speech), "--out", str(out), *TINY]
     code = cli.main([*argv, "--steps", "1", "--guidance", "1.0", "--seed", "7", "--no-download", "-q"])
     assert code == 0

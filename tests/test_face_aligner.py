@@ -94,7 +94,7 @@ def test_bridged_frame_is_between_its_neighbours(mesh):
 
 
 def test_no_face_anywhere_is_a_clear_error(mesh):
-    with pytest.raises(FaceError, match="no face found in any of the 4 frames"):
+    with pytest.raises(FaceError, match="No face found in any of the 4 frames"):
         FaceAligner(256, backend=ScriptedBackend([[]] * 4)).align(blank(4))
     with pytest.raises(FaceError, match="face #2"):
         FaceAligner(256, face=2, backend=ScriptedBackend([[mesh, mesh + 200]] * 2)).align(blank(2))

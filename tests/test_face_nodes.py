@@ -109,7 +109,7 @@ def test_crop_align_face_index_and_no_face(pack, video):
     assert out["result"][2].found.tolist() == [True]
     with pytest.raises(FaceError, match="face #1"):
         run_align(pack, video[:1], face="index from left", face_index=1)
-    with pytest.raises(FaceError, match="no face found"):
+    with pytest.raises(FaceError, match="No face found"):
         run_align(pack, video[4:])
 
 

@@ -18,11 +18,12 @@ EXPECTED_NODES = {
     "LatentSyncPasteBack",
     "LatentSyncModelLoader",
     "LatentSyncSampler",
+    "LatentSyncLipSyncVideo",
 }
 
 # ComfyUI's built-in socket types plus this pack's own
 KNOWN_TYPES = {
-    "IMAGE", "MASK", "AUDIO", "INT", "FLOAT", "STRING", "BOOLEAN", "VAE", "COMBO",
+    "IMAGE", "MASK", "AUDIO", "INT", "FLOAT", "STRING", "BOOLEAN", "VAE", "COMBO", "VIDEO",
     "LATENTSYNC_MODEL", "LATENTSYNC_WHISPER", "LATENTSYNC_AUDIO", "LATENTSYNC_FACES",
 }
 

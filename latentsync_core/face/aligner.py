@@ -44,14 +44,29 @@ class AlignmentResult:
 
     def summary(self) -> str:
         """One line for the node's UI text: counts and frame ranges of bridged and missing frames."""
-        n = len(self.found)
-        text = f"face found in {int(self.found.sum() - self.bridged.sum())}/{n} frames"
-        if self.bridged.any():
-            text += f"; {int(self.bridged.sum())} bridged (frames {format_ranges(runs(self.bridged))})"
-        if self.missing:
-            count = sum(b - a + 1 for a, b in self.missing)
-            text += f"; NO FACE in {count} frames, left untouched: {format_ranges(self.missing)}"
-        return text
+        return face_summary(self.found, self.bridged, self.missing)
+
+
+def face_summary(found: np.ndarray, bridged: np.ndarray, missing: list[tuple[int, int]]) -> str:
+    """The face report line: ``found`` bool ``[N]`` (bridged frames included), ``bridged`` bool ``[N]``,
+    ``missing`` the (first, last) frame runs left without a face."""
+    n = len(found)
+    text = f"face found in {int(found.sum() - bridged.sum())}/{n} frames"
+    if bridged.any():
+        text += f"; {int(bridged.sum())} bridged (frames {format_ranges(runs(bridged))})"
+    if missing:
+        count = sum(b - a + 1 for a, b in missing)
+        text += f"; NO FACE in {count} frames, left untouched: {format_ranges(missing)}"
+    return text
+
+
+def no_face_message(num_frames: int, face: str | int) -> str:
+    """The error text when no frame has the selected face (names the index when one was asked for)."""
+    which = "the face" if face == "largest" else f"face #{face} (counting from the left, from 0)"
+    return (
+        f"No face found in any of the {num_frames} frames ({which}). Use a video with a clearly visible, "
+        "reasonably frontal face, or pick a face index that exists."
+    )
 
 
 def select_face(faces: list[np.ndarray], selection: str | int) -> np.ndarray | None:
@@ -135,11 +150,7 @@ class FaceAligner:
         if n == 0:
             raise FaceError("no frames to align: the image batch is empty")
         if not found.any():
-            which = "the face" if self.face == "largest" else f"face #{self.face} (counting from the left, from 0)"
-            raise FaceError(
-                f"no face found in any of the {n} frames ({which}). Use a video with a clearly visible, "
-                "reasonably frontal face, or pick a face index that exists."
-            )
+            raise FaceError(no_face_message(n, self.face))
         landmarks, found, bridged = bridge_gaps(landmarks68, found, self.max_gap)
         smoothed, affines = track_affines(landmarks, found, self.resolution)
         first = _rgb_uint8(frames[0])

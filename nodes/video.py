@@ -1,0 +1,154 @@
+"""LatentSync Lip Sync Video: the whole job on a video file, streamed (adapter over latentsync_core.stream).
+
+For long clips: core ``VIDEO`` in (core Load Video; or a file path for VideoHelperSuite's path loaders),
+a file-backed ``VIDEO`` out (core Save Video stores it without re-encoding). The video is never held as
+an IMAGE batch: host memory stays flat whatever the length.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import uuid
+
+from ..latentsync_core.audio import MODES, comfy_audio_parts
+from ..latentsync_core.constants import DEFAULT_GUIDANCE, DEFAULT_SEED, DEFAULT_STEPS, MAX_FACE_GAP
+from ..latentsync_core.errors import LatentSyncError
+from ..latentsync_core.stream import StreamSettings, lip_sync_video
+from ..latentsync_core.vae import as_latent_vae
+from . import comfy_bridge as bridge
+from .face import FACE_CHOICES, _task_path
+from .sampler import DEEPCACHE_CHOICES
+from .types import CATEGORY, LATENTSYNC_MODEL, LATENTSYNC_WHISPER
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_SUBFOLDER = "latentsync"  # under ComfyUI's temp folder
+STAGES = {"faces": "finding faces", "lip sync": "lip sync"}
+
+
+class LatentSyncLipSyncVideo:
+    NODE_ID = "LatentSyncLipSyncVideo"
+    DISPLAY_NAME = "LatentSync Lip Sync Video"
+    CATEGORY = f"{CATEGORY}/video"
+    FUNCTION = "lip_sync"
+    DESCRIPTION = (
+        "Lip-syncs a whole video file to new speech in one node, streamed in segments so memory stays flat "
+        "however long the video is (use it for clips over ~20 s; the IMAGE graph holds every frame in RAM). "
+        "Same result as Face Crop & Align -> Sampler -> Paste Back with the same settings and seed. The "
+        "output keeps the video's size and frame rate, has the new audio, and is encoded once: connect Save Video."
+    )
+    RETURN_TYPES = ("VIDEO", "STRING")
+    RETURN_NAMES = ("video", "face_report")
+    OUTPUT_TOOLTIPS = (
+        "The lip-synced video (H.264 + AAC mp4 in ComfyUI's temp folder): connect core Save Video.",
+        "Which frames had a face (bridged gaps, frames left untouched), as Face Crop & Align reports it.",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "audio": ("AUDIO", {"tooltip": "The new speech (any rate and channels). Its length decides the output length: a shorter video is played back and forth, a longer one is cut."}),
+                "model": (LATENTSYNC_MODEL, {"tooltip": "From LatentSync Model Loader."}),
+                "vae": ("VAE", {"tooltip": "Stable Diffusion VAE from ComfyUI's Load VAE: sd-vae-ft-mse (vae-ft-mse-840000-ema-pruned.safetensors)."}),
+                "whisper": (LATENTSYNC_WHISPER, {"tooltip": "From LatentSync Whisper Loader."}),
+                "seed": ("INT", {"default": DEFAULT_SEED, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Noise seed: the same seed gives the same frames."}),
+                "steps": ("INT", {"default": DEFAULT_STEPS, "min": 1, "max": 200, "tooltip": "DDIM steps per 16-frame chunk (official: 20)."}),
+                "guidance": ("FLOAT", {"default": DEFAULT_GUIDANCE, "min": 1.0, "max": 10.0, "step": 0.1, "tooltip": "Audio guidance scale (official: 1.5; 1.0 = no unconditional pass, faster, weaker lip sync)."}),
+                "deepcache": (DEEPCACHE_CHOICES, {"default": "off", "tooltip": "DeepCache: run the full U-Net only every n-th step (faster, slightly different; the official --enable_deepcache uses 3)."}),
+                "face": (FACE_CHOICES, {"default": "largest", "tooltip": "Which face to use when there are several: the largest, or the one at face_index counting from the left."}),
+                "face_index": ("INT", {"default": 0, "min": 0, "max": 63, "tooltip": "With 'index from left': 0 = leftmost face, 1 = the next one, ..."}),
+                "max_gap_frames": ("INT", {"default": MAX_FACE_GAP, "min": 0, "max": 1000, "tooltip": "Runs of up to this many frames without a detected face are filled in from the neighbouring frames; longer runs are left untouched."}),
+                "audio_mode": (list(MODES), {"default": MODES[0], "tooltip": "seamless: no glitch every 30 s on long clips (identical to official up to 30 s); official: independent 30 s windows, as the reference code."}),
+            },
+            "optional": {
+                "video": ("VIDEO", {"tooltip": "The video with the face (core Load Video). Leave unconnected to use video_path."}),
+                "video_path": ("STRING", {"default": "", "tooltip": "Instead of a VIDEO: a video file path (absolute, or a file in ComfyUI's input folder), e.g. from VideoHelperSuite's path loaders."}),
+            },
+            "hidden": {"unique_id": "UNIQUE_ID"},
+        }  # fmt: skip
+
+    def lip_sync(self, audio, model, vae, whisper, seed=DEFAULT_SEED, steps=DEFAULT_STEPS, guidance=DEFAULT_GUIDANCE,
+                 deepcache="off", face="largest", face_index=0, max_gap_frames=MAX_FACE_GAP, audio_mode=MODES[0],
+                 video=None, video_path="", unique_id=None):
+        waveform, rate = comfy_audio_parts(audio)
+        settings = StreamSettings(
+            steps=int(steps), guidance=float(guidance), seed=int(seed),
+            deepcache=0 if deepcache == "off" else int(deepcache),
+            face="largest" if face == "largest" else int(face_index), max_gap=int(max_gap_frames), audio_mode=audio_mode,
+        )  # fmt: skip
+        folder = os.path.join(bridge.temp_directory(), OUTPUT_SUBFOLDER)
+        out = os.path.join(folder, f"LatentSync_{uuid.uuid4().hex[:12]}.mp4")
+        source, scratch = _video_source(video, video_path, folder)
+        bar, stage_shown = None, None
+
+        def progress(stage: str, done: int, total: int) -> None:
+            nonlocal bar, stage_shown
+            if bar is None:
+                bar = bridge.progress_bar(total)
+            if stage != stage_shown:
+                stage_shown = stage
+                bridge.progress_text(STAGES.get(stage, stage), unique_id)
+            bar.update_absolute(done, total)
+
+        try:
+            with model.on_compute_device() as unet:
+                device = bridge.compute_device()
+                latent_vae = as_latent_vae(vae, device)  # ComfyUI's VAE, or a diffusers AutoencoderKL
+                report = lip_sync_video(
+                    source, out, waveform, rate, unet=unet, vae=latent_vae, whisper=whisper, settings=settings,
+                    resolution=model.resolution, task_path=_task_path(), progress=progress,
+                    check_interrupt=bridge.check_interrupted,
+                )
+        finally:
+            if scratch is not None:
+                _remove(scratch)
+        summary = report.summary()
+        logger.info("LatentSync Lip Sync Video: %s -> %s", summary, report.path)
+        video_cls = bridge.video_from_file_class()
+        return {"ui": {"text": [summary]}, "result": (video_cls(report.path), summary)}
+
+
+def _video_source(video, video_path: str, folder: str) -> tuple[str, str | None]:
+    """The video file to read and, when it had to be written out first, that scratch file (to remove)."""
+    path = (video_path or "").strip().strip('"')
+    if video is not None and path:
+        raise LatentSyncError("Connect either a VIDEO or a video_path, not both.")
+    if path:
+        if not os.path.isfile(path) and bridge.input_exists(path):
+            path = bridge.input_path(path)
+        if not os.path.isfile(path):
+            raise LatentSyncError(f"video_path: no such file: {video_path}")
+        return path, None
+    if video is None:
+        raise LatentSyncError("No video: connect a VIDEO (core Load Video) or set video_path.")
+    source = video.get_stream_source() if hasattr(video, "get_stream_source") else None
+    if isinstance(source, str) and os.path.isfile(source):
+        return source, None
+    # an in-memory video (built from frames, or from an API node): write it out once to read it in ranges
+    os.makedirs(folder, exist_ok=True)
+    scratch = os.path.join(folder, f".input_{uuid.uuid4().hex[:12]}.mp4")
+    if hasattr(source, "read"):
+        with open(scratch, "wb") as fh:
+            shutil.copyfileobj(source, fh)
+    elif hasattr(video, "save_to"):
+        video.save_to(scratch)
+    else:
+        raise LatentSyncError(f"Not a video: {type(video).__name__}. Connect core Load Video's VIDEO.")
+    return scratch, scratch
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+if bridge.video_from_file_class() is None:
+    logger.warning("[ComfyUI-LatentSync] LatentSync Lip Sync Video skipped: this ComfyUI has no VIDEO type (update to >= 0.3.31).")
+    NODE_CLASSES: list[type] = []
+else:
+    NODE_CLASSES = [LatentSyncLipSyncVideo]
