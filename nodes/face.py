@@ -88,11 +88,16 @@ class LatentSyncFaceCropAlign:
         selection = "largest" if face == "largest" else int(face_index)
         frames = _Uint8Frames(images)
         aligner = FaceAligner(int(resolution), face=selection, max_gap=int(max_gap_frames), task_path=_task_path())
+        # the float IMAGE output is filled face by face: no second (uint8) copy of all faces
+        faces = torch.empty((len(frames), int(resolution), int(resolution), 3), dtype=torch.float32)
+
+        def store(i: int, face: np.ndarray) -> None:
+            faces[i] = torch.from_numpy(face).float().div_(255.0)
+
         try:
-            result = aligner.align(frames, progress=bridge.progress_callback(2 * len(frames)))
+            result = aligner.align(frames, progress=bridge.progress_callback(2 * len(frames)), sink=store)
         finally:
             aligner.close()
-        faces = torch.from_numpy(result.faces).float().div_(255.0)
         mouth = torch.from_numpy(1.0 - np.clip(fixed_mask(int(resolution)), 0.0, 1.0))[None].float()
         summary = result.summary()
         logger.info("LatentSync Face Crop & Align: %s", summary)

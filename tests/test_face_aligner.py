@@ -85,6 +85,19 @@ def test_gaps_in_a_clip(mesh):
     assert (out[0] != 90).any()
 
 
+def test_sink_receives_every_face_and_nothing_is_kept(mesh):
+    script = [[mesh]] * 2 + [[]] * 7 + [[mesh + 4]]
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 255, (len(script), 480, 640, 3), dtype=np.uint8)
+    kept = FaceAligner(256, backend=ScriptedBackend(script), workers=2).align(frames)
+    got = {}
+    sunk = FaceAligner(256, backend=ScriptedBackend(script), workers=2).align(
+        frames, sink=lambda i, face: got.__setitem__(i, face.copy()))
+    assert sunk.faces is None and sorted(got) == list(range(len(script)))
+    np.testing.assert_array_equal(np.stack([got[i] for i in range(len(script))]), kept.faces)
+    np.testing.assert_array_equal(sunk.affines, kept.affines)
+
+
 def test_bridged_frame_is_between_its_neighbours(mesh):
     script = [[mesh], [], [mesh + 10]]
     result = FaceAligner(256, backend=ScriptedBackend(script), max_gap=5).align(blank(3))

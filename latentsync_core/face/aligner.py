@@ -25,7 +25,8 @@ Progress = Callable[[int, int], None]  # (steps done, total steps); may raise to
 class AlignmentResult:
     """What ``FaceAligner.align`` returns.
 
-    faces:     uint8 ``[N, res, res, 3]`` aligned faces (flat grey 127 where no face was found).
+    faces:     uint8 ``[N, res, res, 3]`` aligned faces (flat grey 127 where no face was found); None
+               when they went to a ``sink`` instead.
     affines:   float64 ``[N, 2, 3]`` image -> crop (NaN where not found).
     landmarks: float64 ``[N, 68, 2]`` smoothed landmarks in image pixels (NaN where not found).
     found:     bool ``[N]`` (True also for bridged frames).
@@ -143,8 +144,14 @@ class FaceAligner:
         progress: Progress | None = None,
         step0: int = 0,
         total: int | None = None,
+        sink: Callable[[int, np.ndarray], None] | None = None,
     ) -> AlignmentResult:
-        """Bridge gaps, smooth, transform and warp: raw landmarks -> ``AlignmentResult``."""
+        """Bridge gaps, smooth, transform and warp: raw landmarks -> ``AlignmentResult``.
+
+        sink: when given, each aligned face (uint8 ``[res, res, 3]``) is handed to ``sink(i, face)``
+        (from worker threads, one call per frame) instead of being collected: the result's ``faces`` is
+        then None, so a caller that stores faces in its own format holds no second copy of them.
+        """
         n = len(frames)
         found = np.asarray(found, dtype=bool)
         if n == 0:
@@ -156,7 +163,8 @@ class FaceAligner:
         first = _rgb_uint8(frames[0])
         frame_size = first.shape[:2]
         res = self.resolution
-        faces = np.full((n, res, res, 3), FACE_BORDER_VALUE, dtype=np.uint8)
+        faces = None if sink is not None else np.full((n, res, res, 3), FACE_BORDER_VALUE, dtype=np.uint8)
+        grey = np.full((res, res, 3), FACE_BORDER_VALUE, dtype=np.uint8)
 
         def warp(i: int) -> None:
             frame = first if i == 0 else _rgb_uint8(frames[i])
@@ -164,8 +172,11 @@ class FaceAligner:
                 raise FaceError(
                     f"frame {i} is {frame.shape[1]}x{frame.shape[0]}, frame 0 is {frame_size[1]}x{frame_size[0]}"
                 )
-            if found[i]:
-                faces[i] = warp_face(frame, affines[i], res)
+            face = warp_face(frame, affines[i], res) if found[i] else None
+            if sink is not None:
+                sink(i, grey if face is None else face)
+            elif face is not None:
+                faces[i] = face
 
         for i, _ in enumerate(ordered_map(warp, range(n), self.workers)):
             if progress is not None:
@@ -186,15 +197,21 @@ class FaceAligner:
             logger.warning("LatentSync face alignment: %s", result.summary())
         return result
 
-    def align(self, frames: Sequence[np.ndarray], progress: Progress | None = None) -> AlignmentResult:
+    def align(
+        self,
+        frames: Sequence[np.ndarray],
+        progress: Progress | None = None,
+        sink: Callable[[int, np.ndarray], None] | None = None,
+    ) -> AlignmentResult:
         """frames: uint8 ``[N, H, W, 3]`` RGB (or any sequence of such frames) -> ``AlignmentResult``.
 
         Works frame by frame (two passes: detection, then warping): no copy of the whole video.
-        ``progress(done, total)`` is called after every frame of each pass (total = 2N).
+        ``progress(done, total)`` is called after every frame of each pass (total = 2N); ``sink``: see
+        :meth:`build`.
         """
         total = 2 * len(frames)
         landmarks, found = self.detect(frames, progress, total)
-        return self.build(frames, landmarks, found, progress, len(frames), total)
+        return self.build(frames, landmarks, found, progress, len(frames), total, sink=sink)
 
 
 def _rgb_uint8(frame) -> np.ndarray:
