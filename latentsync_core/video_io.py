@@ -5,7 +5,10 @@
   RGB. Reading forward continues decoding; reading backwards (the ping-pong loop) seeks to the nearest
   keyframe, so only the requested range is ever in memory.
 - :class:`VideoWriter`: H.264 (libx264, CRF 18 by default: visually lossless), the input's size and
-  frame rate, and the audio muxed as AAC, interleaved with the video as frames arrive.
+  frame rate, and the audio muxed as AAC, interleaved with the video as frames arrive. It writes to a
+  hidden temporary file beside the output and renames it only when complete
+  (:mod:`latentsync_core.safe_output`), so a failed, interrupted or killed run never leaves a broken
+  file under the output name and never deletes an earlier one.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import av
 import numpy as np
 
 from .errors import LatentSyncError
+from .safe_output import AtomicOutput
 
 log = logging.getLogger(__name__)
 
@@ -176,6 +180,8 @@ class VideoWriter:
 
     audio: float32 ``[C, T]`` in [-1, 1] (any rate FFmpeg's AAC accepts; more than 2 channels are
     down-mixed) and its rate, or None for a silent video. The audio is cut to the video's length.
+    The file appears under ``path`` only after :meth:`close` (or a clean exit of the ``with`` block);
+    until then it is a hidden ``.partial`` file in the same folder, removed on failure.
     """
 
     def __init__(
@@ -191,7 +197,19 @@ class VideoWriter:
     ):
         self.path = os.fspath(path)
         self.fps = Fraction(fps).limit_denominator(1001 * 1000)
-        self.container = av.open(self.path, "w")
+        self._target = AtomicOutput(self.path)
+        self.container = None
+        try:
+            self._open(width, height, audio, crf, preset)
+        except BaseException:
+            self._abort()
+            raise
+
+    def _open(self, width, height, audio, crf, preset) -> None:
+        try:
+            self.container = av.open(self._target.tmp, "w")
+        except (av.FFmpegError, OSError) as exc:
+            raise LatentSyncError(f"Cannot write {self.path}: {exc}; choose a writable location.") from exc
         self.video = self.container.add_stream("libx264", rate=self.fps)
         self.video.width, self.video.height = int(width), int(height)
         # yuv420p halves the colour resolution and needs even sizes; odd sizes keep full chroma instead
@@ -244,14 +262,30 @@ class VideoWriter:
         self._mux_audio_until(self.frames_written / self.fps)
 
     def close(self) -> None:
+        """Finish the streams and move the complete file onto ``path``."""
         if self.container is None:
             return
-        self.container.mux(self.video.encode(None))
-        if self.audio is not None:
-            self._mux_audio_until(self.frames_written / self.fps)
-            self.container.mux(self.audio.encode(None))
-        self.container.close()
-        self.container = None
+        try:
+            self.container.mux(self.video.encode(None))
+            if self.audio is not None:
+                self._mux_audio_until(self.frames_written / self.fps)
+                self.container.mux(self.audio.encode(None))
+            self.container.close()
+            self.container = None
+            self._target.commit()
+        except BaseException:
+            self._abort()
+            raise
+
+    def _abort(self) -> None:
+        """Drop the unfinished temporary file; an earlier file at ``path`` stays as it was."""
+        if self.container is not None:
+            try:
+                self.container.close()
+            except Exception as exc:  # the original error matters, not this one
+                log.debug("closing an aborted video failed: %s", exc)
+            self.container = None
+        self._target.discard()
 
     def __enter__(self):
         return self
@@ -259,10 +293,5 @@ class VideoWriter:
     def __exit__(self, exc_type, *exc):
         if exc_type is None:
             self.close()
-        elif self.container is not None:  # failed: do not leave a broken file behind
-            self.container.close()
-            self.container = None
-            try:
-                os.remove(self.path)
-            except OSError:
-                pass
+        else:  # failed or interrupted: no broken file, the earlier output (if any) untouched
+            self._abort()
