@@ -138,11 +138,15 @@ def load_vae(path: str | os.PathLike, config: str | os.PathLike | dict | None = 
     state = as_state_dict(read_checkpoint(path), "VAE")
     if any(_LDM_VAE_KEY.match(k) for k in state):
         state = ldm_to_diffusers_vae(state, config)
-    missing, unexpected = vae.load_state_dict(state, strict=False)
+    what = f"{os.path.basename(path)} is not a VAE for this config (sd-vae-ft-mse unless a config is given)"
+    try:
+        missing, unexpected = vae.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that do not fit
+        first = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc)[:200])
+        raise CheckpointError(f"{what}: {first}") from exc
     if missing or unexpected:
         raise CheckpointError(
-            f"{os.path.basename(path)} is not a VAE for this config (sd-vae-ft-mse unless --vae-config says "
-            f"otherwise): {len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {(missing or unexpected)[:3]}."
+            f"{what}: {len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {(missing or unexpected)[:3]}."
         )
     return DiffusersVae(vae, device, dtype)
 
