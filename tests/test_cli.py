@@ -347,3 +347,35 @@ def test_cli_hides_native_log_noise(tmp_path):
     assert res.returncode == 1
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: No face found"), res.stderr
+
+
+def test_truncated_video_with_index_at_the_front_is_refused(tmp_path, capsys):
+    """A cut-off mp4 whose index (moov) sits at the front used to be read as a shorter video (25 of 75
+    frames, the rest made up by the loop): it is refused with the counts."""
+    from latentsync_core.errors import LatentSyncError
+
+    whole = tmp_path / "whole.mp4"
+    with av.open(str(whole), "w", options={"movflags": "faststart"}) as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        noise = np.random.default_rng(1).integers(0, 255, (75, 48, 64, 3), dtype=np.uint8)  # incompressible
+        for i in range(75):
+            f = av.VideoFrame.from_ndarray(noise[i], format="rgb24")
+            f.pts = i
+            c.mux(s.encode(f))
+        c.mux(s.encode(None))
+    data = whole.read_bytes()
+    assert data[:64].find(b"moov") > 0  # the index really is at the front
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 3])
+    assert probe_video(whole).num_frames == 75
+    with VideoReader(whole) as r:
+        assert r.num_frames == 75 and r.read(70, 75).shape == (5, 48, 64, 3)
+    for opener in (probe_video, VideoReader):
+        with pytest.raises(LatentSyncError, match=r"cut\.mp4 is truncated: its index lists 75 frames but the file holds only \d+"):
+            opener(cut)
+    speech = tmp_path / "s.wav"
+    _write_wav(speech, 0.12)
+    assert cli.main(["--video", str(cut), "--audio", str(speech), "--out", str(tmp_path / "o.mp4"), *TINY, "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cut.mp4 is truncated") and "Traceback" not in err
