@@ -176,6 +176,14 @@ def validate_args(args) -> None:
             raise UsageError(f"--{flag.replace('_', '-')} {value}: no such file.")
     pick_device(args.device)
     try:
+        if args.unet_config:  # cheap to read: a broken config stops here, not after face detection
+            from .unet.config import load_config
+
+            load_config(args.unet_config)
+        if args.vae_config:
+            from .vae import read_vae_config
+
+            read_vae_config(args.vae_config)
         args.out = check_output_path(args.out, inputs=(args.video, args.audio), allowed_suffixes=OUTPUT_SUFFIXES)
     except UsageError:
         raise

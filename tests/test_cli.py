@@ -246,6 +246,9 @@ def test_cli_refuses_to_overwrite_an_input(face_clip, tmp_path, monkeypatch, cap
         (["--crf", "-1"], "--crf -1"),
         (["--face", "left"], "--face left: use 'largest'"),
         (["--vae-config", "{tmp}/nope.json"], "--vae-config .*nope.json: no such file"),
+        (["--vae-config", "{tmp}/empty.json"], "VAE config .*empty.json is empty"),
+        (["--vae-config", "{tmp}/file"], "VAE config .*file is not valid JSON"),
+        (["--unet-config", "{tmp}/empty.json"], "empty.json is not a readable U-Net config"),
         (["--device", "gpu"], "--device gpu: not a device name"),
         (["--device", "cuda"], "--device cuda: "),
         (["--device", "cuda:7"], "--device cuda:7: "),
@@ -263,6 +266,7 @@ def test_cli_usage_errors_before_any_work(face_clip, tmp_path, capsys, no_model_
         pytest.skip("MPS is present")
     clip, _ = face_clip
     (tmp_path / "file").write_text("in the way")
+    (tmp_path / "empty.json").write_text("")
     extra = [e.format(tmp=tmp_path) for e in extra]
     out = tmp_path / "o.mp4"
     argv = _args(clip, clip, out, *extra)
