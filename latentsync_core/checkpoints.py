@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import zipfile
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 
+from .constants import RESOLUTION, SUPPORTED_RESOLUTIONS
 from .errors import CheckpointError, ModelMissingError
 
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
@@ -34,6 +36,9 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     if not os.path.isfile(path):
         raise ModelMissingError(f"Model file not found: {path}")
     name = os.path.basename(path)
+    size = os.path.getsize(path)
+    if size == 0:
+        raise CheckpointError(f"{name} is empty (0 bytes), probably an interrupted download or copy: download it again.")
     if path.lower().endswith(SAFETENSORS_SUFFIX):
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -46,16 +51,33 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
     try:
         return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
+        unsafe = _UNSUPPORTED_GLOBAL.search(str(exc))
+        if unsafe:
+            raise CheckpointError(
+                f"{name} holds Python objects other than tensors ({unsafe.group(1)}), so it was not loaded: model "
+                "files are read safely and never execute code. Use the released model file or a .safetensors file."
+            ) from exc
         raise CheckpointError(
-            f"{name} holds Python objects other than tensors, so it was not loaded "
-            f"(model files are read with weights_only=True and never execute code): {exc}"
+            f"{name} ({size:,} bytes) is not a PyTorch checkpoint: its data is not a tensor archive "
+            "(a corrupted download, or another kind of file). Download it again."
         ) from exc
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as exc:
-        size = os.path.getsize(path)
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as exc:
         raise CheckpointError(
             f"{name} ({size:,} bytes) could not be read as a PyTorch checkpoint; it may be truncated "
-            f"(an interrupted download) or not a model file: {exc}"
+            f"(an interrupted download) or not a model file ({_reason(exc)}). Download it again."
         ) from exc
+
+
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+
+
+def _reason(exc: BaseException) -> str:
+    """The first sentence of torch's error, without its advice (never suggest unsafe loading)."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = re.split(r"(?<=[a-z)])\. ", text, maxsplit=1)[0].rstrip(".")
+    if not text or "weights_only" in text or len(text) > 200:
+        return type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
 
 
 def as_state_dict(obj: Any, name: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -115,3 +137,25 @@ def guess_model_kind(state_dict: Mapping[str, Any]) -> str:
     if has("down_blocks"):
         return "a diffusers U-Net without attention layers"
     return f"an unknown model ({len(keys)} tensors, e.g. {keys[0]!r})"
+
+
+_HIGH_RES_NAME = re.compile(r"(^|[^0-9])(1[._]6|512)([^0-9]|$)")
+
+
+def guess_unet_resolution(name: str, path: str | os.PathLike | None = None) -> int:
+    """Face size of a LatentSync U-Net file: the safetensors metadata ``resolution`` if ``path`` has it
+    (written by ``latentsync_core.convert``), else its name (``1.6`` or ``512`` in the file or folder name
+    means 512), else 256 (LatentSync 1.5)."""
+    if path is not None and os.fspath(path).lower().endswith(SAFETENSORS_SUFFIX):
+        from safetensors import safe_open
+
+        try:
+            with safe_open(os.fspath(path), framework="pt") as fh:
+                value = (fh.metadata() or {}).get("resolution")
+            if value and int(value) in SUPPORTED_RESOLUTIONS:
+                return int(value)
+        except Exception:  # noqa: S110 (unreadable metadata: fall back to the name)
+            pass
+    if _HIGH_RES_NAME.search(name.replace("\\", "/")):
+        return 512
+    return RESOLUTION

@@ -18,7 +18,9 @@ length: a shorter video is looped back and forth, a longer one is cut.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import math
 import os
 import sys
 
@@ -30,7 +32,8 @@ from .constants import (
     DEFAULT_STEPS,
     MODEL_FOLDER,
 )
-from .errors import LatentSyncError
+from .deepcache import DEEPCACHE_INTERVALS
+from .errors import LatentSyncError, ModelMissingError
 from .safe_output import check_output_path
 from .video_io import DEFAULT_CRF, probe_video
 
@@ -38,6 +41,13 @@ log = logging.getLogger("latentsync_core.cli")
 
 RESOLUTIONS = {"1.5": 256, "1.6": 512}
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+MAX_CRF = 51  # libx264's quality scale is 0..51
+OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv")
+EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+
+
+class UsageError(LatentSyncError):
+    """A command-line argument that cannot work (exit status 2, before any work is done)."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,23 +70,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (same seed, same result)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
     p.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="auto: fp16 on CUDA, else fp32")
-    p.add_argument("--deepcache", type=int, default=0, help="DeepCache interval 2-5 (faster, slightly softer); 0 off")
+    p.add_argument(
+        "--deepcache",
+        type=int,
+        default=0,
+        help=f"DeepCache interval {DEEPCACHE_INTERVALS[0]}-{DEEPCACHE_INTERVALS[-1]} (faster, slightly softer); 0 off",
+    )
     p.add_argument("--face", default="largest", help="which face: 'largest' or its index from the left (0-based)")
-    p.add_argument("--crf", type=int, default=DEFAULT_CRF, help="x264 quality (lower = better; 18 visually lossless)")
+    p.add_argument(
+        "--crf", type=int, default=DEFAULT_CRF, help=f"x264 quality 0-{MAX_CRF} (lower = better; 18 visually lossless)"
+    )
     p.add_argument("--no-download", action="store_true", help="never download missing model files")
     adv = p.add_argument_group("model files (override the --models layout)")
     adv.add_argument("--unet", help="U-Net checkpoint (.pt / .safetensors)")
     adv.add_argument("--unet-config", help="U-Net config (.json / .yaml); default: the released model")
     adv.add_argument("--whisper", help="whisper tiny checkpoint (tiny.pt) or Hugging Face folder")
-    adv.add_argument("--vae", help="VAE weights (diffusers AutoencoderKL .safetensors) or folder")
+    adv.add_argument(
+        "--vae",
+        help="VAE weights .safetensors/.pt: diffusers AutoencoderKL or original SD layout "
+        "(vae-ft-mse-840000-ema-pruned, ComfyUI's models/vae files), or a diffusers folder",
+    )
     adv.add_argument("--vae-config", help="VAE config.json (default: sd-vae-ft-mse)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="debug messages, and the log output of mediapipe/TFLite (hidden otherwise)"
+    )
     return p
 
 
 def pick_device(name: str) -> torch.device:
+    """The torch device for ``--device``; :class:`UsageError` when it does not exist in this torch/machine."""
     if name != "auto":
-        return torch.device(name)
+        try:
+            device = torch.device(name)
+        except (RuntimeError, ValueError):
+            raise UsageError(f"--device {name}: not a device name; use auto, cpu, cuda, cuda:N or mps.") from None
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                why = "this torch is a CPU-only build" if torch.version.cuda is None else "no CUDA GPU is visible"
+                raise UsageError(
+                    f"--device {name}: {why} (torch {torch.__version__}); use --device cpu, or install a CUDA "
+                    "build of torch (https://pytorch.org/get-started/locally/)."
+                )
+            count = torch.cuda.device_count()
+            if device.index is not None and device.index >= count:
+                raise UsageError(f"--device {name}: only {count} CUDA device(s) (cuda:0..cuda:{count - 1}).")
+        elif device.type == "mps":
+            mps = getattr(torch.backends, "mps", None)
+            if mps is None or not mps.is_available():
+                raise UsageError(f"--device {name}: Apple MPS is not available here; use --device cpu.")
+        elif device.type != "cpu":
+            backend = getattr(torch, device.type, None)
+            if backend is None or not callable(getattr(backend, "is_available", None)) or not backend.is_available():
+                raise UsageError(f"--device {name}: not available in this torch; use auto, cpu, cuda or mps.")
+        return device
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
@@ -96,10 +143,49 @@ def _bar(total: int, desc: str, quiet: bool, unit: str = "frame"):
     return tqdm(total=total, desc=desc, unit=unit, disable=quiet, dynamic_ncols=True, file=sys.stderr)
 
 
+def validate_args(args) -> None:
+    """Check every argument before any work is done (no model is loaded, no frame decoded); raises
+    :class:`UsageError` with one line saying what to change. Normalises ``args.out`` to an absolute path
+    (refused when it is one of the inputs, has the wrong suffix or its folder is not writable)."""
+    if args.steps < 1:
+        raise UsageError(f"--steps {args.steps}: use 1 or more (20 is the default).")
+    if not math.isfinite(args.guidance) or args.guidance < 1.0:
+        raise UsageError(f"--guidance {args.guidance}: use 1.0 (no guidance) or more (1.5 is the default).")
+    if args.deepcache != 0 and args.deepcache not in DEEPCACHE_INTERVALS:
+        raise UsageError(
+            f"--deepcache {args.deepcache}: use 0 (off) or an interval "
+            f"{DEEPCACHE_INTERVALS[0]}-{DEEPCACHE_INTERVALS[-1]}."
+        )
+    if not 0 <= args.crf <= MAX_CRF:
+        raise UsageError(f"--crf {args.crf}: use 0-{MAX_CRF} (lower is better quality; 18 is visually lossless).")
+    if args.face != "largest" and not args.face.isdigit():
+        raise UsageError(f"--face {args.face}: use 'largest' or a face index from the left (0, 1, ...).")
+    for flag in ("unet", "unet_config", "whisper", "vae", "vae_config"):
+        value = getattr(args, flag)
+        if value is not None and not os.path.exists(value):
+            raise UsageError(f"--{flag.replace('_', '-')} {value}: no such file.")
+    pick_device(args.device)
+    try:
+        if args.unet_config:  # cheap to read: a broken config stops here, not after face detection
+            from .unet.config import load_config
+
+            load_config(args.unet_config)
+        if args.vae_config:
+            from .vae import read_vae_config
+
+            read_vae_config(args.vae_config)
+        args.out = check_output_path(args.out, inputs=(args.video, args.audio), allowed_suffixes=OUTPUT_SUFFIXES)
+    except UsageError:
+        raise
+    except LatentSyncError as exc:
+        raise UsageError(str(exc)) from exc
+
+
 def resolve_models(args) -> dict[str, str]:
     """Paths of the U-Net, whisper and VAE files: explicit flags, else the --models layout (downloaded
-    when missing unless --no-download)."""
-    from .download import ensure_model_file, find_model_file, missing_error
+    when missing unless --no-download). Every file that is missing and cannot be fetched is listed in
+    one :class:`ModelMissingError` (kind, URL, exact path)."""
+    from .download import ensure_model_file, find_model_file, is_offline, missing_error, model_file
 
     folders = {MODEL_FOLDER: os.path.join(args.models, MODEL_FOLDER), "vae": os.path.join(args.models, "vae")}
     wanted = {
@@ -107,22 +193,24 @@ def resolve_models(args) -> dict[str, str]:
         "whisper": (args.whisper, "whisper"),
         "vae": (args.vae, "vae"),
     }
-    paths = {}
+    paths, absent = {}, {}
     for role, (explicit, kind) in wanted.items():
         if explicit:
             if not os.path.exists(explicit):
                 raise LatentSyncError(f"--{role} {explicit}: no such file")
             paths[role] = explicit
             continue
-        from .download import model_file
-
-        folder = folders[model_file(kind).folder]
-        if args.no_download:
-            found = find_model_file(kind, [folder])
-            if not found:
-                raise missing_error([kind], folder, "--no-download given")
+        found = find_model_file(kind, [folders[model_file(kind).folder]])
+        if found:
             paths[role] = found
-            continue
+        else:
+            absent[role] = kind
+    if absent and (args.no_download or is_offline()):
+        reason = "--no-download given" if args.no_download else "offline: HF_HUB_OFFLINE is set"
+        raise missing_error(list(absent.values()), folders, reason)
+    failed: list[tuple[str, Exception]] = []
+    for role, kind in absent.items():
+        folder = folders[model_file(kind).folder]
         bar = None
 
         def progress(done, total, _kind=kind):
@@ -134,9 +222,15 @@ def resolve_models(args) -> dict[str, str]:
 
         try:
             paths[role] = ensure_model_file(kind, folder, progress=progress)
+        except ModelMissingError as exc:  # the Hub is unreachable or refused: try the others, list all
+            failed.append((kind, exc))
         finally:
             if bar is not None:
                 bar.close()
+    if failed:
+        cause = failed[0][1].__cause__ or failed[0][1]
+        reason = f"download failed: {type(cause).__name__}: {cause}"
+        raise missing_error([kind for kind, _ in failed], folders, reason) from failed[0][1]
     return paths
 
 
@@ -156,7 +250,7 @@ def run(args) -> str:
     settings = StreamSettings(
         steps=args.steps, guidance=args.guidance, seed=args.seed, deepcache=args.deepcache, face=face, crf=args.crf
     )
-    check_output_path(args.out, inputs=[args.video, args.audio])
+    check_output_path(args.out, inputs=[args.video, args.audio])  # also when run() is called without main()
     probe_video(args.video)  # a clear error before any model loads
 
     paths = resolve_models(args)
@@ -188,19 +282,75 @@ def run(args) -> str:
     return report.path
 
 
+# native libraries (mediapipe's C++ graph, TFLite, absl) log straight to file descriptor 2
+NATIVE_LOG_ENV = {"GLOG_minloglevel": "2", "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+@contextlib.contextmanager
+def native_logs_hidden():
+    """Hide what native libraries write to file descriptor 2 (mediapipe's "Created TensorFlow Lite
+    XNNPACK delegate", absl's "All log messages before absl::InitializeLog()...") while Python's own
+    ``sys.stderr`` (errors, logging, progress bars) still reaches the terminal: fd 2 goes to the null
+    device and ``sys.stderr`` writes to a duplicate of the original fd 2. Yields the stream to log to.
+    A no-op when ``sys.stderr`` is not fd 2 (tests capturing output, embedding applications)."""
+    for key, value in NATIVE_LOG_ENV.items():
+        os.environ.setdefault(key, value)
+    try:
+        redirect = sys.stderr.fileno() == 2
+    except (AttributeError, OSError, ValueError):
+        redirect = False
+    if not redirect:
+        yield sys.stderr
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    old = sys.stderr
+    stream = open(os.dup(saved), "w", buffering=1, encoding=old.encoding, errors="backslashreplace")  # noqa: SIM115
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    sys.stderr = stream
+    try:
+        yield stream
+    finally:
+        stream.flush()
+        sys.stderr = old
+        os.dup2(saved, 2)
+        os.close(saved)
+        stream.close()
+
+
 def main(argv=None) -> int:
+    """The command line; returns the exit status (0 done, 1 runtime error, 2 usage error, 130 Ctrl-C)."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(message)s")
-    if args.face != "largest" and not args.face.isdigit():
-        print("error: --face must be 'largest' or a number", file=sys.stderr)
-        return 2
+    level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
+    with contextlib.nullcontext(sys.stderr) if args.verbose else native_logs_hidden() as err:
+        handler = logging.StreamHandler(err)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        root = logging.getLogger()
+        old_level = root.level
+        root.addHandler(handler)
+        root.setLevel(level)
+        try:
+            return _main(args)
+        finally:
+            root.removeHandler(handler)
+            root.setLevel(old_level)
+
+
+def _main(args) -> int:
+    try:
+        validate_args(args)
+    except LatentSyncError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     try:
         out = run(args)
     except LatentSyncError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_RUNTIME
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     print(out)
     return 0

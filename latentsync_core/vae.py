@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from typing import Any, Protocol
 
 import torch
@@ -19,6 +20,13 @@ from .constants import LATENT_SCALE
 from .errors import CheckpointError, LatentSyncError
 
 VAE_ENCODE_MODES = ("sample", "mean")
+# keys of the original Stable Diffusion (LDM) layout: vae-ft-mse-840000-ema-pruned, full SD checkpoints
+_LDM_VAE_KEY = re.compile(r"^(first_stage_model\.|vae\.)?(encoder|decoder)\.(down|up|mid)\.")
+SD_VAE_CONFIG = {
+    "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2,
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "latent_channels": 4, "sample_size": 256, "scaling_factor": LATENT_SCALE,
+}  # fmt: skip  (the sd-vae-ft-mse layout)
 
 
 class LatentVae(Protocol):
@@ -108,8 +116,11 @@ def load_vae(path: str | os.PathLike, config: str | os.PathLike | dict | None = 
     """Load a diffusers ``AutoencoderKL`` from disk (no network).
 
     ``path``: a diffusers folder (``config.json`` + weights, e.g. ``stabilityai/sd-vae-ft-mse``), or a
-    weights file (``.safetensors``/``.pt``, diffusers key names) together with ``config`` (a dict or a
-    ``config.json`` path; the sd-vae-ft-mse layout when omitted).
+    weights file (``.safetensors``/``.pt``) together with ``config`` (a dict or a ``config.json`` path;
+    the sd-vae-ft-mse layout when omitted). The file may use diffusers key names
+    (``diffusion_pytorch_model.safetensors``) or the original Stable Diffusion layout
+    (``vae-ft-mse-840000-ema-pruned.safetensors``, what ComfyUI's Load VAE takes; ``first_stage_model.``
+    prefix allowed), which is converted with diffusers' own single-file converter.
     """
     from diffusers import AutoencoderKL
 
@@ -119,19 +130,63 @@ def load_vae(path: str | os.PathLike, config: str | os.PathLike | dict | None = 
         return DiffusersVae(vae, device, dtype)
     if not os.path.isfile(path):
         raise CheckpointError(f"VAE not found: {path}")
-    if config is None:
-        config = {"block_out_channels": [128, 256, 512, 512], "layers_per_block": 2,
-                  "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-                  "latent_channels": 4, "sample_size": 256, "scaling_factor": LATENT_SCALE}
-    elif not isinstance(config, dict):
-        with open(config, encoding="utf-8") as fh:
-            config = json.load(fh)
-    vae = AutoencoderKL.from_config(config)
+    config = read_vae_config(config)
+    try:
+        vae = AutoencoderKL.from_config(config)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise CheckpointError(f"The VAE config is not an AutoencoderKL config ({exc}).") from exc
     state = as_state_dict(read_checkpoint(path), "VAE")
-    missing, unexpected = vae.load_state_dict(state, strict=False)
+    if any(_LDM_VAE_KEY.match(k) for k in state):
+        state = ldm_to_diffusers_vae(state, config)
+    what = f"{os.path.basename(path)} is not a VAE for this config (sd-vae-ft-mse unless a config is given)"
+    try:
+        missing, unexpected = vae.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shapes that do not fit
+        first = next((ln.strip() for ln in str(exc).splitlines() if "size mismatch" in ln), str(exc)[:200])
+        raise CheckpointError(f"{what}: {first}") from exc
     if missing or unexpected:
         raise CheckpointError(
-            f"{os.path.basename(path)} is not a diffusers AutoencoderKL for this config "
-            f"({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {(missing or unexpected)[:3]})."
+            f"{what}: {len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {(missing or unexpected)[:3]}."
         )
     return DiffusersVae(vae, device, dtype)
+
+
+def read_vae_config(config: str | os.PathLike | dict | None) -> dict:
+    """The AutoencoderKL config: a dict as is, a ``config.json`` path read (clear :class:`CheckpointError`
+    when missing, empty or not a JSON object), or the sd-vae-ft-mse layout for None."""
+    if config is None:
+        return dict(SD_VAE_CONFIG)
+    if isinstance(config, dict):
+        return config
+    name = os.fspath(config)
+    if not os.path.isfile(name):
+        raise CheckpointError(f"VAE config not found: {name} (give the config.json of the VAE, or leave it out "
+                              "for sd-vae-ft-mse).")
+    try:
+        with open(name, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        what = "is empty" if os.path.getsize(name) == 0 else f"is not valid JSON ({exc})"
+        raise CheckpointError(f"VAE config {name} {what}: give the config.json of a diffusers AutoencoderKL.") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"VAE config {name} is not a JSON object: give the config.json of an AutoencoderKL.")
+    return data
+
+
+def ldm_to_diffusers_vae(state: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
+    """Original Stable Diffusion VAE keys (``encoder.down.0.block.0.conv1.weight``, optionally under
+    ``first_stage_model.``) -> diffusers ``AutoencoderKL`` keys, with diffusers' own converter (the one
+    ``from_single_file`` uses)."""
+    try:
+        from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+    except ImportError:  # older diffusers
+        try:
+            from diffusers.pipelines.stable_diffusion.convert_from_ckpt import convert_ldm_vae_checkpoint
+        except ImportError as exc:
+            raise CheckpointError(
+                "This VAE file uses the original Stable Diffusion layout, and this diffusers has no converter for it: "
+                "update diffusers (pip install -U diffusers) or use the diffusers file of sd-vae-ft-mse."
+            ) from exc
+    if not any(k.startswith(("first_stage_model.", "vae.")) for k in state):
+        state = {f"first_stage_model.{k}": v for k, v in state.items()}  # older converters need the prefix
+    return convert_ldm_vae_checkpoint(state, config)

@@ -5,7 +5,10 @@
   RGB. Reading forward continues decoding; reading backwards (the ping-pong loop) seeks to the nearest
   keyframe, so only the requested range is ever in memory.
 - :class:`VideoWriter`: H.264 (libx264, CRF 18 by default: visually lossless), the input's size and
-  frame rate, and the audio muxed as AAC, interleaved with the video as frames arrive.
+  frame rate, and the audio muxed as AAC, interleaved with the video as frames arrive. It writes to a
+  hidden temporary file beside the output and renames it only when complete
+  (:mod:`latentsync_core.safe_output`), so a failed, interrupted or killed run never leaves a broken
+  file under the output name and never deletes an earlier one.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import av
 import numpy as np
 
 from .errors import LatentSyncError
+from .safe_output import AtomicOutput
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +59,32 @@ def _open(path: str | os.PathLike):
     return container
 
 
-def _frame_pts(container, stream) -> list[int] | None:
-    """Presentation timestamps of every frame, in display order (demuxing only: no decoding)."""
-    pts = []
+def _frame_pts(container, stream, path: str) -> list[int] | None:
+    """Presentation timestamps of every frame, in display order (demuxing only: no decoding).
+
+    Raises :class:`LatentSyncError` for a truncated file whose index (``moov`` at the front) lists more
+    frames than the file still holds: such a file would otherwise be taken for a shorter video."""
+    pts: list[int] | None = []
+    count, end = 0, 0
     for packet in container.demux(stream):
         if packet.size == 0:
             continue
+        count += 1
+        if packet.pos is not None and packet.pos >= 0:
+            end = max(end, packet.pos + packet.size)
         if packet.pts is None:
-            return None
-        pts.append(packet.pts)
-    return sorted(pts)
+            pts = None
+        elif pts is not None:
+            pts.append(packet.pts)
+    claimed = int(stream.frames or 0)
+    if claimed > count and end >= os.path.getsize(path):  # the data stops at the end of the file: cut off
+        name = os.path.basename(path)
+        raise LatentSyncError(
+            f"{name} is truncated: its index lists {claimed} frames but the file holds only {count} "
+            f"(an interrupted download or copy?). Use the complete file; to use the {count} frames that are "
+            f"there, re-encode them first (e.g. ffmpeg -i {name} -frames:v {max(count - 1, 1)} fixed.mp4)."
+        )
+    return sorted(pts) if pts is not None else None
 
 
 def _fps(stream) -> Fraction:
@@ -78,7 +98,7 @@ def probe_video(path: str | os.PathLike) -> VideoInfo:
     """Size, frame rate and exact frame count (counted from the packets) of the first video track."""
     with _open(path) as container:
         stream = container.streams.video[0]
-        pts = _frame_pts(container, stream)
+        pts = _frame_pts(container, stream, os.fspath(path))
         count = len(pts) if pts is not None else stream.frames
         if not count:
             raise LatentSyncError(f"{os.path.basename(os.fspath(path))}: the video track has no frames.")
@@ -99,7 +119,7 @@ class VideoReader:
         self.container = _open(self.path)
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"
-        self.pts = _frame_pts(self.container, self.stream)  # None: no timestamps, sequential only
+        self.pts = _frame_pts(self.container, self.stream, self.path)  # None: no timestamps, sequential only
         self.index_of = {p: i for i, p in enumerate(self.pts)} if self.pts is not None else {}
         self.num_frames = len(self.pts) if self.pts is not None else int(self.stream.frames)
         self.fps = _fps(self.stream)
@@ -122,7 +142,14 @@ class VideoReader:
         self.stream.thread_type = "AUTO"
 
     def _decode_next(self):
-        frame = next(self._decoder, None)
+        try:
+            frame = next(self._decoder, None)
+        except av.FFmpegError as exc:
+            after = self._next if self._next is not None else self._count
+            raise LatentSyncError(
+                f"{os.path.basename(self.path)}: frame {after} cannot be decoded ({exc}); the file is damaged: "
+                "re-encode it or use the original."
+            ) from exc
         if frame is None:
             return None, None
         index = self.index_of.get(frame.pts) if frame.pts is not None else None
@@ -149,11 +176,18 @@ class VideoReader:
                 out[index - start] = frame.to_ndarray(format="rgb24")
             if index >= stop - 1:
                 break
+        dropped = [start + i for i, f in enumerate(out) if f is None]
         for i, f in enumerate(out):  # a frame the decoder dropped: repeat its neighbour
             if f is None:
                 out[i] = next((g for g in (out[i - 1 :: -1] if i else []) if g is not None), None)
         if any(f is None for f in out):
             raise LatentSyncError(f"{os.path.basename(self.path)}: could not decode frames {start}..{stop - 1}.")
+        if dropped:
+            log.warning(
+                "%s: %d of %d frames in %d..%d did not decode (%s); each was replaced by the frame before it",
+                os.path.basename(self.path), len(dropped), stop - start, start, stop - 1,
+                ", ".join(map(str, dropped[:10])) + (" ..." if len(dropped) > 10 else ""),
+            )
         return np.stack(out)
 
     def chunks(self, size: int):
@@ -176,6 +210,8 @@ class VideoWriter:
 
     audio: float32 ``[C, T]`` in [-1, 1] (any rate FFmpeg's AAC accepts; more than 2 channels are
     down-mixed) and its rate, or None for a silent video. The audio is cut to the video's length.
+    The file appears under ``path`` only after :meth:`close` (or a clean exit of the ``with`` block);
+    until then it is a hidden ``.partial`` file in the same folder, removed on failure.
     """
 
     def __init__(
@@ -191,7 +227,19 @@ class VideoWriter:
     ):
         self.path = os.fspath(path)
         self.fps = Fraction(fps).limit_denominator(1001 * 1000)
-        self.container = av.open(self.path, "w")
+        self._target = AtomicOutput(self.path)
+        self.container = None
+        try:
+            self._open(width, height, audio, crf, preset)
+        except BaseException:
+            self._abort()
+            raise
+
+    def _open(self, width, height, audio, crf, preset) -> None:
+        try:
+            self.container = av.open(self._target.tmp, "w")
+        except (av.FFmpegError, OSError) as exc:
+            raise LatentSyncError(f"Cannot write {self.path}: {exc}; choose a writable location.") from exc
         self.video = self.container.add_stream("libx264", rate=self.fps)
         self.video.width, self.video.height = int(width), int(height)
         # yuv420p halves the colour resolution and needs even sizes; odd sizes keep full chroma instead
@@ -244,14 +292,30 @@ class VideoWriter:
         self._mux_audio_until(self.frames_written / self.fps)
 
     def close(self) -> None:
+        """Finish the streams and move the complete file onto ``path``."""
         if self.container is None:
             return
-        self.container.mux(self.video.encode(None))
-        if self.audio is not None:
-            self._mux_audio_until(self.frames_written / self.fps)
-            self.container.mux(self.audio.encode(None))
-        self.container.close()
-        self.container = None
+        try:
+            self.container.mux(self.video.encode(None))
+            if self.audio is not None:
+                self._mux_audio_until(self.frames_written / self.fps)
+                self.container.mux(self.audio.encode(None))
+            self.container.close()
+            self.container = None
+            self._target.commit()
+        except BaseException:
+            self._abort()
+            raise
+
+    def _abort(self) -> None:
+        """Drop the unfinished temporary file; an earlier file at ``path`` stays as it was."""
+        if self.container is not None:
+            try:
+                self.container.close()
+            except Exception as exc:  # the original error matters, not this one
+                log.debug("closing an aborted video failed: %s", exc)
+            self.container = None
+        self._target.discard()
 
     def __enter__(self):
         return self
@@ -259,10 +323,5 @@ class VideoWriter:
     def __exit__(self, exc_type, *exc):
         if exc_type is None:
             self.close()
-        elif self.container is not None:  # failed: do not leave a broken file behind
-            self.container.close()
-            self.container = None
-            try:
-                os.remove(self.path)
-            except OSError:
-                pass
+        else:  # failed or interrupted: no broken file, the earlier output (if any) untouched
+            self._abort()

@@ -5,12 +5,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import re
 from dataclasses import dataclass
 
 import torch
 
-from ..latentsync_core.constants import RESOLUTION, SUPPORTED_RESOLUTIONS
+from ..latentsync_core.checkpoints import guess_unet_resolution
 from ..latentsync_core.download import MODEL_FILES, ensure_model_file
 from ..latentsync_core.errors import InputMismatchError, ModelMissingError
 from ..latentsync_core.unet import load_unet
@@ -68,26 +67,20 @@ class LatentSyncModel:
 def guess_resolution(name: str, path: str | None = None) -> int:
     """Face size of a U-Net file: safetensors metadata ``resolution`` if present, else its name
     (``1.6`` or ``512`` in the file or folder name means 512), else 256 (LatentSync 1.5)."""
-    if path and path.lower().endswith(".safetensors"):
-        from safetensors import safe_open
-
-        with contextlib.suppress(Exception), safe_open(path, framework="pt") as fh:
-            value = (fh.metadata() or {}).get("resolution")
-            if value and int(value) in SUPPORTED_RESOLUTIONS:
-                return int(value)
-    if re.search(r"(^|[^0-9])(1[._]6|512)([^0-9]|$)", name.replace("\\", "/")):
-        return 512
-    return RESOLUTION
+    return guess_unet_resolution(name, path)
 
 
-def sidecar_config(path: str) -> str | None:
-    """A model config shipped next to the weights (``<name>.yaml|.json`` or ``config.json``) for U-Nets
-    that are not the released layout; None for the released files (the official configs apply)."""
+def sidecar_config(path: str, roots=()) -> str | None:
+    """A model config shipped with the weights, for U-Nets that are not the released layout:
+    ``<name>.yaml|.json`` next to the file, or ``config.json`` in the file's own sub-folder (a
+    diffusers-style folder). A ``config.json`` lying in a top models folder (``roots``, e.g.
+    ``models/latentsync``) belongs to no particular file and is ignored. None: the official configs apply."""
     stem = os.path.splitext(path)[0]
-    for candidate in (stem + ".yaml", stem + ".json", os.path.join(os.path.dirname(path), "config.json")):
-        if os.path.isfile(candidate):
-            return candidate
-    return None
+    candidates = [stem + ".yaml", stem + ".json"]
+    folder = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    if all(folder != os.path.realpath(os.path.abspath(root)) for root in roots):
+        candidates.append(os.path.join(folder, "config.json"))
+    return next((c for c in candidates if os.path.isfile(c)), None)
 
 
 def pick_dtype(choice: str, device) -> torch.dtype:
@@ -148,7 +141,7 @@ class LatentSyncModelLoader:
             )
         res = guess_resolution(unet_name, path) if resolution == "auto" else int(resolution)
         torch_dtype = pick_dtype(dtype, bridge.compute_device())
-        config = sidecar_config(path) or os.path.join(CONFIG_DIR, CONFIGS[res])
+        config = sidecar_config(path, roots=bridge.model_folders()) or os.path.join(CONFIG_DIR, CONFIGS[res])
         unet = load_unet(config, path, device=bridge.offload_device(), dtype=torch_dtype)
         logger.info("LatentSync U-Net %s: %d px faces, %s", unet_name, res, torch_dtype)
         return (LatentSyncModel(unet=unet, resolution=res, dtype=torch_dtype, name=unet_name),)

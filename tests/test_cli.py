@@ -196,3 +196,190 @@ def test_module_entry_point_help():
     assert res.returncode == 0
     for flag in ("--video", "--audio", "--out", "--models", "--steps", "--guidance", "--seed", "--device"):
         assert flag in res.stdout
+
+
+# ------------------------------------------------------------------------------- argument checks (#13)
+def _args(video, audio, out, *extra):
+    return ["--video", str(video), "--audio", str(audio), "--out", str(out), *TINY, "--no-download", "-q", *extra]
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Argument errors must come before any model is touched."""
+
+    def fail(*a, **k):
+        raise AssertionError("models were resolved before the arguments were checked")
+
+    monkeypatch.setattr(cli, "resolve_models", fail)
+    monkeypatch.setattr(cli, "probe_video", fail)
+
+
+def test_cli_refuses_to_overwrite_an_input(face_clip, tmp_path, monkeypatch, capsys, no_model_loading):
+    clip, _ = face_clip
+    video = tmp_path / "a.mp4"
+    video.write_bytes(clip.read_bytes())
+    speech = tmp_path / "s.wav"
+    _write_wav(speech, 0.12)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "link.mp4").symlink_to(video)
+    for out in ["a.mp4", str(video), "./x/../a.mp4", "link.mp4"]:
+        assert cli.main(_args("a.mp4", speech, out)) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: --out ") and "is the input file" in err and err.count("\n") == 1
+    assert cli.main(_args(video, "s.wav", str(tmp_path / "link.mp4"))) == 2  # a link to the video
+    assert video.read_bytes() == clip.read_bytes()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--out", "/proc/out.mp4"], "not writable"),
+        (["--out", "/proc/latentsync/out.mp4"], "cannot create the folder"),
+        (["--out", "{tmp}/file/out.mp4"], "writable location"),
+        (["--out", "{tmp}/out.avi"], "ending in .mp4"),
+        (["--steps", "0"], "--steps 0: use 1 or more"),
+        (["--guidance", "0.5"], "--guidance 0.5: use 1.0"),
+        (["--guidance", "nan"], "--guidance nan"),
+        (["--deepcache", "9"], "--deepcache 9: use 0 (off) or an interval 2-5"),
+        (["--deepcache", "1"], "--deepcache 1"),
+        (["--crf", "99"], "--crf 99: use 0-51"),
+        (["--crf", "-1"], "--crf -1"),
+        (["--face", "left"], "--face left: use 'largest'"),
+        (["--vae-config", "{tmp}/nope.json"], "--vae-config .*nope.json: no such file"),
+        (["--vae-config", "{tmp}/empty.json"], "VAE config .*empty.json is empty"),
+        (["--vae-config", "{tmp}/file"], "VAE config .*file is not valid JSON"),
+        (["--unet-config", "{tmp}/empty.json"], "empty.json is not a readable U-Net config"),
+        (["--device", "gpu"], "--device gpu: not a device name"),
+        (["--device", "cuda"], "--device cuda: "),
+        (["--device", "cuda:7"], "--device cuda:7: "),
+        (["--device", "mps"], "--device mps: Apple MPS is not available"),
+    ],
+)
+def test_cli_usage_errors_before_any_work(face_clip, tmp_path, capsys, no_model_loading, extra, message):
+    import re
+
+    import torch
+
+    if "cuda" in extra[-1] and torch.cuda.is_available():
+        pytest.skip("a CUDA GPU is present")
+    if extra[-1] == "mps" and torch.backends.mps.is_available():
+        pytest.skip("MPS is present")
+    clip, _ = face_clip
+    (tmp_path / "file").write_text("in the way")
+    (tmp_path / "empty.json").write_text("")
+    extra = [e.format(tmp=tmp_path) for e in extra]
+    out = tmp_path / "o.mp4"
+    argv = _args(clip, clip, out, *extra)
+    if "--out" in extra:  # the later --out wins in argparse
+        argv = _args(clip, clip, extra[1], *extra[2:])
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err
+    assert re.search(message.replace("(", r"\(").replace(")", r"\)").replace(".mp4", r"\.mp4"), err), err
+    assert not out.exists()
+
+
+def test_cli_cuda_on_cpu_only_torch(monkeypatch):
+    """The AssertionError "Torch not compiled with CUDA enabled" becomes a usage error."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    with pytest.raises(cli.UsageError, match="--device cuda: this torch is a CPU-only build.*--device cpu"):
+        cli.pick_device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert cli.pick_device("cuda:0") == torch.device("cuda:0")
+    with pytest.raises(cli.UsageError, match=r"only 1 CUDA device\(s\)"):
+        cli.pick_device("cuda:1")
+
+
+def test_cli_lists_every_missing_model_at_once(face_clip, tmp_path, monkeypatch, capsys):
+    clip, _ = face_clip
+    speech = tmp_path / "s.wav"
+    _write_wav(speech, 0.12)
+    models = tmp_path / "models"
+    base = ["--video", str(clip), "--audio", str(speech), "--out", str(tmp_path / "o.mp4"), "--models", str(models), "-q"]
+    expected = [
+        ("https://huggingface.co/ByteDance/LatentSync-1.5/resolve/main/latentsync_unet.pt",
+         models / "latentsync" / "latentsync_unet.pt"),
+        ("https://huggingface.co/ByteDance/LatentSync-1.5/resolve/main/whisper/tiny.pt",
+         models / "latentsync" / "whisper" / "tiny.pt"),
+        ("https://huggingface.co/stabilityai/sd-vae-ft-mse/resolve/main/diffusion_pytorch_model.safetensors",
+         models / "vae" / "sd-vae-ft-mse.safetensors"),
+    ]  # fmt: skip
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    assert cli.main([*base, "--no-download"]) == 1
+    err = capsys.readouterr().err
+    for url, path in expected:
+        assert url in err and str(path) in err
+    assert "--no-download given" in err
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline: the same list, no network attempt
+    assert cli.main(base) == 1
+    err = capsys.readouterr().err
+    assert all(url in err and str(path) in err for url, path in expected) and "offline" in err
+
+    # the Hub unreachable: every download is tried, the one error lists all that failed
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{port}")
+    (models / "latentsync" / "whisper").mkdir(parents=True)
+    (models / "latentsync" / "whisper" / "tiny.pt").write_bytes(b"present")  # found: not listed
+    assert cli.main(base) == 1
+    err = capsys.readouterr().err
+    assert "download failed" in err
+    assert str(expected[0][1]) in err and str(expected[2][1]) in err and "whisper" not in err
+    assert f"http://127.0.0.1:{port}/ByteDance/LatentSync-1.5/resolve/main/latentsync_unet.pt" in err
+
+
+def test_cli_hides_native_log_noise(tmp_path):
+    """mediapipe/TFLite/absl print to file descriptor 2 ("Created TensorFlow Lite XNNPACK delegate",
+    "All log messages before absl::InitializeLog()"): hidden unless --verbose; our own error still shows."""
+    grey = tmp_path / "grey.mp4"
+    with VideoWriter(grey, 64, 64, 25) as w:
+        w.write(np.full((3, 64, 64, 3), 128, np.uint8))
+    speech = tmp_path / "s.wav"
+    _write_wav(speech, 0.12)
+    cmd = [sys.executable, "-m", "latentsync_core", *_args(grey, speech, tmp_path / "o.mp4")]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parent.parent)
+    assert res.returncode == 1
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: No face found"), res.stderr
+
+
+def test_truncated_video_with_index_at_the_front_is_refused(tmp_path, capsys):
+    """A cut-off mp4 whose index (moov) sits at the front used to be read as a shorter video (25 of 75
+    frames, the rest made up by the loop): it is refused with the counts."""
+    from latentsync_core.errors import LatentSyncError
+
+    whole = tmp_path / "whole.mp4"
+    with av.open(str(whole), "w", options={"movflags": "faststart"}) as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        noise = np.random.default_rng(1).integers(0, 255, (75, 48, 64, 3), dtype=np.uint8)  # incompressible
+        for i in range(75):
+            f = av.VideoFrame.from_ndarray(noise[i], format="rgb24")
+            f.pts = i
+            c.mux(s.encode(f))
+        c.mux(s.encode(None))
+    data = whole.read_bytes()
+    assert data[:64].find(b"moov") > 0  # the index really is at the front
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 3])
+    assert probe_video(whole).num_frames == 75
+    with VideoReader(whole) as r:
+        assert r.num_frames == 75 and r.read(70, 75).shape == (5, 48, 64, 3)
+    for opener in (probe_video, VideoReader):
+        with pytest.raises(LatentSyncError, match=r"cut\.mp4 is truncated: its index lists 75 frames but the file holds only \d+"):
+            opener(cut)
+    speech = tmp_path / "s.wav"
+    _write_wav(speech, 0.12)
+    assert cli.main(["--video", str(cut), "--audio", str(speech), "--out", str(tmp_path / "o.mp4"), *TINY, "-q"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cut.mp4 is truncated") and "Traceback" not in err

@@ -54,11 +54,29 @@ class StandIn:
     """State and script of one stand-in server."""
 
     def __init__(self, mode: str):
-        self.mode = mode  # "success" | "execution_error" | "invalid" | "no_ws" | "ws_drop"
+        # "success" | "execution_error" | "invalid" | "no_ws" | "ws_drop" | "hang" (runs forever) |
+        # "pending" (queued behind another job, never starts)
+        self.mode = mode
         self.uploads: dict[str, bytes] = {}
         self.prompts: list[dict] = []
         self.queued = threading.Event()
+        self.released = threading.Event()  # ends a "hang" websocket
         self.ws_messages_sent = 0
+        self.interrupts: list = []  # bodies of POST /interrupt
+        self.queue_posts: list = []  # bodies of POST /queue
+        self.object_info_requests: list[str] = []
+
+    def queue(self):
+        """GET /queue as ComfyUI answers it: [number, prompt_id, prompt, extra_data, outputs] items."""
+        item = [0, PROMPT_ID, {}, {}, ["4"]]
+        busy = [1, "someone-else", {}, {}, ["9"]]
+        if not self.prompts or (self.mode == "pending" and any(PROMPT_ID in b.get("delete", []) for b in self.queue_posts)):
+            return {"queue_running": [], "queue_pending": []}
+        if self.mode == "pending":
+            return {"queue_running": [busy], "queue_pending": [item]}
+        if self.mode == "hang" and not self.interrupts:
+            return {"queue_running": [item], "queue_pending": []}
+        return {"queue_running": [], "queue_pending": []}
 
     def ws_script(self):
         yield _frame(
@@ -67,9 +85,15 @@ class StandIn:
         if not self.queued.wait(5):
             return
         msg = lambda t, d: _frame(0x1, json.dumps({"type": t, "data": {**d, "prompt_id": PROMPT_ID}}).encode())  # noqa: E731
+        if self.mode == "pending":
+            self.released.wait(15)
+            return
         yield msg("execution_start", {"timestamp": 0})
         yield msg("executing", {"node": "3", "display_node": "3"})
         if self.mode == "ws_drop":
+            return
+        if self.mode == "hang":
+            self.released.wait(15)
             return
         yield _frame(0x9, b"ping")
         yield _frame(0x2, b"\x00\x00\x00\x01" + b"\xff\xd8 jpeg preview")
@@ -98,7 +122,7 @@ class StandIn:
         }
 
     def history(self):
-        if not self.prompts:
+        if not self.prompts or self.mode in ("hang", "pending"):
             return {}
         if self.mode == "execution_error":
             status = {
@@ -169,6 +193,16 @@ def make_handler(state: StandIn):
                 return None
             if url.path.startswith("/history/"):
                 return self._json(200, state.history())
+            if url.path == "/queue":
+                return self._json(200, state.queue())
+            if url.path.startswith("/object_info/"):
+                name = urllib.parse.unquote(url.path[len("/object_info/"):])
+                state.object_info_requests.append(name)
+                if name != "LatentSyncSampler":
+                    return self._json(200, {})
+                inputs = {"required": {"seed": ["INT", {}], "steps": ["INT", {}], "guidance": ["FLOAT", {}]},
+                          "optional": {"deepcache": ["INT", {}]}}  # fmt: skip
+                return self._json(200, {name: {"input": inputs, "output": ["IMAGE"]}})
             if url.path == "/view":
                 if query == {"filename": "LatentSync_00001_.mp4", "subfolder": "video", "type": "output"}:
                     self.send_response(200)
@@ -190,6 +224,14 @@ def make_handler(state: StandIn):
                 part = fields["image"]
                 state.uploads[part.get_filename()] = part.get_payload(decode=True)
                 return self._json(200, {"name": part.get_filename(), "subfolder": "", "type": "input"})
+            if self.path == "/interrupt":
+                state.interrupts.append(json.loads(body or b"{}"))
+                state.released.set()
+                return self._json(200, {})
+            if self.path == "/queue":
+                state.queue_posts.append(json.loads(body))
+                state.released.set()
+                return self._json(200, {})
             if self.path == "/prompt":
                 payload = json.loads(body)
                 if state.mode == "invalid":
@@ -369,3 +411,76 @@ def test_shipped_api_workflows_have_loaders():
         prompt = run_api.load_workflow(str(path))
         assert any(n["class_type"] in run_api.VIDEO_LOADERS for n in prompt.values()), path.name
         assert any(n["class_type"] in run_api.AUDIO_LOADERS for n in prompt.values()), path.name
+
+
+# ------------------------------------------------------------------------------------------------ #13
+def test_upload_name_is_escaped_in_the_multipart_header(comfy_stand_in, inputs):
+    """A quote or line break in the file name must not break (or inject into) the multipart header."""
+    state, server = comfy_stand_in("success")
+    wf, _, audio, out = inputs
+    odd = wf.parent / 'take "2"\r\nX-Injected: yes.mp4'
+    odd.write_bytes(b"odd-video")
+    assert run_api.main(_argv(server, wf, odd, audio, out)) == 0
+    escaped = "take %222%22%0D%0AX-Injected: yes.mp4"
+    assert state.uploads[escaped] == b"odd-video"
+    assert state.prompts[0]["prompt"]["1"]["inputs"]["file"] == escaped
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("LatentSyncSampler.stepz=3", "node 3 [LatentSyncSampler] has no input 'stepz'; did you mean 'steps'?"),
+        ("3.sed=1", "has no input 'sed'; did you mean 'seed'?"),
+        ("KSampler.steps=3", "NODE a node id or class type"),
+        ("SaveVideo.prefix=x", "node 4 [SaveVideo] has no input 'prefix'"),
+    ],
+)
+def test_bad_set_is_rejected_before_any_upload(comfy_stand_in, inputs, capsys, override, message):
+    state, server = comfy_stand_in("success")
+    wf, video, audio, out = inputs
+    assert run_api.main(_argv(server, wf, video, audio, out, "--set", "3.seed=5", "--set", override)) == run_api.EXIT_INVALID
+    assert message in capsys.readouterr().err
+    assert state.uploads == {} and state.prompts == []
+
+
+def test_set_accepts_an_optional_input_the_graph_leaves_out(comfy_stand_in, inputs):
+    """Inputs missing from the API graph (unset optional ones) are looked up in the server's node definition."""
+    state, server = comfy_stand_in("success")
+    wf, video, audio, out = inputs
+    assert run_api.main(_argv(server, wf, video, audio, out, "--set", "LatentSyncSampler.deepcache=3")) == 0
+    assert state.prompts[0]["prompt"]["3"]["inputs"]["deepcache"] == 3
+    assert state.object_info_requests == ["LatentSyncSampler"]
+
+
+def test_timeout_interrupts_the_running_job(comfy_stand_in, inputs, capsys):
+    state, server = comfy_stand_in("hang")
+    wf, video, audio, out = inputs
+    argv = _argv(server, wf, video, audio, out)
+    argv[argv.index("--timeout") + 1] = "1.5"
+    assert run_api.main(argv) == run_api.EXIT_TIMEOUT
+    assert state.interrupts == [{"prompt_id": PROMPT_ID}] and state.queue_posts == []
+    assert f"interrupted prompt {PROMPT_ID} on the server" in capsys.readouterr().err
+
+
+def test_timeout_removes_a_pending_job_from_the_queue(comfy_stand_in, inputs, capsys):
+    """While our job waits behind another one, the other (running) job must not be interrupted."""
+    state, server = comfy_stand_in("pending")
+    wf, video, audio, out = inputs
+    argv = _argv(server, wf, video, audio, out)
+    argv[argv.index("--timeout") + 1] = "1.5"
+    assert run_api.main(argv) == run_api.EXIT_TIMEOUT
+    assert state.queue_posts == [{"delete": [PROMPT_ID]}] and state.interrupts == []
+    assert "removed prompt" in capsys.readouterr().err
+
+
+def test_ctrl_c_cancels_the_job_on_the_server(comfy_stand_in, inputs, capsys):
+    state, server = comfy_stand_in("hang")
+    wf, video, audio, out = inputs
+
+    def log(line):  # Ctrl-C arrives while the job runs
+        if line.startswith("running node"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_api.run(run_api.parse_args(_argv(server, wf, video, audio, out)), log=log)
+    assert state.interrupts == [{"prompt_id": PROMPT_ID}]

@@ -114,6 +114,35 @@ def test_guess_resolution(tmp_path):
     save_file({"x": torch.zeros(1)}, str(path), metadata={"resolution": "512"})
     assert guess("custom.safetensors", str(path)) == 512
 
+    # a 1.6 U-Net converted to a name that says nothing: the converter's metadata keeps it at 512 px
+    from latentsync_core.convert import convert_unet
+
+    src = tmp_path / "LatentSync-1.6" / "latentsync_unet.pt"
+    src.parent.mkdir()
+    shutil.copy(FIXTURES / "unet" / "latentsync_unet.pt", src)
+    converted = tmp_path / "my_lipsync_model.safetensors"
+    convert_unet(src, converted, config=FIXTURES / "unet" / "config.json")
+    assert guess(converted.name, str(converted)) == 512
+
+
+def test_sidecar_config_only_for_its_file(tmp_path):
+    """A stray config.json in the top models folder must not apply to the released U-Net; a sidecar
+    named after the file, or config.json in the file's own sub-folder, does."""
+    top = tmp_path / "latentsync"
+    (top / "custom").mkdir(parents=True)
+    released = top / "latentsync_unet.pt"
+    released.write_bytes(b"x")
+    (top / "config.json").write_text("{}")
+    assert model_mod.sidecar_config(str(released), roots=[str(top)]) is None
+    (top / "latentsync_unet.yaml").write_text("model: {}")
+    assert model_mod.sidecar_config(str(released), roots=[str(top)]) == str(top / "latentsync_unet.yaml")
+    inner = top / "custom" / "unet.safetensors"
+    inner.write_bytes(b"x")
+    (top / "custom" / "config.json").write_text("{}")
+    assert model_mod.sidecar_config(str(inner), roots=[str(top)]) == str(top / "custom" / "config.json")
+    (top / "custom" / "unet.json").write_text("{}")
+    assert model_mod.sidecar_config(str(inner), roots=[str(top)]) == str(top / "custom" / "unet.json")
+
 
 def test_pick_dtype(monkeypatch):
     bridge = model_mod.bridge

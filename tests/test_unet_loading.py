@@ -79,7 +79,53 @@ def test_converter_rejects_wrong_file_and_output_name(tmp_path, capsys):
                whisper)
     assert convert_main([str(whisper), str(tmp_path / "x.safetensors")]) == 1
     assert "whisper" in capsys.readouterr().err
-    assert convert_main([str(CKPT), str(tmp_path / "x.pt"), "--config", str(CONFIG)]) == 1
+    assert convert_main([str(CKPT), str(tmp_path / "x.pt"), "--config", str(CONFIG)]) == 2
+    assert ".safetensors" in capsys.readouterr().err
+    assert not (tmp_path / "x.pt").exists() and not list(tmp_path.glob(".*partial*"))
+
+
+@pytest.mark.parametrize("dst", ["/proc/x.safetensors", "/sys/latentsync/x.safetensors", "{tmp}/file/x.safetensors"])
+def test_converter_unwritable_output_is_one_line(tmp_path, capsys, dst):
+    """/proc, a read-only place, a file where the folder should be: one line, exit 2, no traceback."""
+    (tmp_path / "file").write_text("a file, not a folder")
+    code = convert_main([str(CKPT), dst.format(tmp=tmp_path), "--config", str(CONFIG)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: output ") and err.count("\n") == 1 and "Traceback" not in err
+    assert "writable" in err
+
+
+def test_converter_writes_resolution_metadata(tmp_path, capsys):
+    """The face size survives conversion: from --resolution, or from the source name (1.6 -> 512)."""
+    import shutil
+
+    from latentsync_core.checkpoints import guess_unet_resolution
+
+    src16 = tmp_path / "LatentSync-1.6" / "latentsync_unet.pt"
+    src16.parent.mkdir()
+    shutil.copy(CKPT, src16)
+    plain = tmp_path / "converted.safetensors"  # a name that says nothing about 1.6
+    assert convert_main([str(src16), str(plain), "--config", str(CONFIG)]) == 0
+    assert guess_unet_resolution("converted.safetensors", str(plain)) == 512
+    forced = tmp_path / "forced_1.6.safetensors"  # the name says 512, the flag wins
+    assert convert_main([str(CKPT), str(forced), "--config", str(CONFIG), "--resolution", "256"]) == 0
+    assert guess_unet_resolution(forced.name, str(forced)) == 256
+    default = tmp_path / "u.safetensors"
+    assert convert_main([str(CKPT), str(default), "--config", str(CONFIG)]) == 0
+    from safetensors import safe_open
+
+    with safe_open(str(default), "pt") as fh:
+        assert fh.metadata()["resolution"] == "256"
+
+
+def test_converter_keeps_an_earlier_output_when_it_fails(tmp_path, capsys):
+    out = tmp_path / "u.safetensors"
+    out.write_bytes(b"earlier output")
+    wrong = tmp_path / "wrong.pt"
+    torch.save({"encoder.conv1.weight": torch.zeros(2)}, wrong)
+    assert convert_main([str(wrong), str(out), "--config", str(CONFIG)]) == 1
+    assert out.read_bytes() == b"earlier output"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["u.safetensors", "wrong.pt"]
 
 
 class _Float32Allocations(TorchDispatchMode):
@@ -155,8 +201,31 @@ def test_truncated_file(tmp_path):
 
 def test_pickled_objects_are_refused(tmp_path):
     path = _save(tmp_path, "evil.pt", {"state_dict": {"conv_in.weight": torch.zeros(1)}, "obj": Path("x")})
-    with pytest.raises(CheckpointError, match="weights_only"):
+    with pytest.raises(CheckpointError, match=r"holds Python objects other than tensors \(pathlib\.\w*Path\)") as err:
         load_unet(CONFIG, path)
+    assert "weights_only" not in str(err.value)  # never pass on torch's advice to load unsafely
+
+
+@pytest.mark.parametrize(
+    "name, content, expected",
+    [
+        ("random.pt", bytes(range(256)) * 16, r"random\.pt \(4,096 bytes\) is not a PyTorch checkpoint"),
+        ("empty.pt", b"", r"empty\.pt is empty \(0 bytes\).*download it again"),
+        ("empty.safetensors", b"", r"empty\.safetensors is empty \(0 bytes\)"),
+        ("notes.pt", b"hello, this is a text file", r"could not be read as a PyTorch checkpoint.*\(KeyError"),
+        ("truncated.pt", None, r"truncated\.pt \(5,000 bytes\).*may be truncated \(an interrupted download\)"),
+    ],
+)
+def test_unreadable_files_say_what_they_are(tmp_path, name, content, expected):
+    """Random bytes are not "Python objects", an empty file says so, and no message ends in nothing or
+    repeats torch's "Re-running torch.load with weights_only=False will likely succeed"."""
+    path = tmp_path / name
+    path.write_bytes(CKPT.read_bytes()[:5000] if content is None else content)
+    with pytest.raises(CheckpointError, match=expected) as err:
+        load_unet(CONFIG, path)
+    message = str(err.value)
+    assert "weights_only" not in message and "Python objects" not in message
+    assert not message.rstrip().endswith(":") and "\n" not in message
 
 
 def test_whisper_file(tmp_path):

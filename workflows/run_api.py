@@ -8,17 +8,21 @@ Steps: upload the inputs (``/upload/image``), put their names into the workflow'
 (``/prompt``), follow progress over the websocket (``/ws``), read the result (``/history/{id}``) and
 download every saved file (``/view``) into ``--out-dir``. Exits 0 on success; on failure it prints
 ComfyUI's own error message (validation errors from ``/prompt``, or the failing node's exception) and
-exits non-zero (1 execution error, 2 invalid workflow or prompt, 3 server unreachable, 4 timeout).
+exits non-zero (1 execution error, 2 invalid workflow or prompt, 3 server unreachable, 4 timeout,
+130 Ctrl-C). On a timeout or Ctrl-C the job is cancelled on the server too (removed from the queue
+if it is still waiting, interrupted if it is running), so it does not keep the GPU busy.
 
 Works with workflows in ComfyUI's API format ("Export (API)" in the menu): a JSON object mapping node
 ids to ``{"class_type", "inputs"}``. Other inputs can be set with ``--set NODE.INPUT=VALUE`` (NODE: a
-node id or a class type, e.g. ``--set LatentSyncSampler.steps=10``).
+node id or a class type, e.g. ``--set LatentSyncSampler.steps=10``); each is checked against the
+graph (and the server's node definitions for inputs the graph leaves out) before anything is uploaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import difflib
 import hashlib
 import json
 import mimetypes
@@ -37,7 +41,8 @@ VIDEO_LOADERS = {"LoadVideo": "file", "VHS_LoadVideo": "video"}
 AUDIO_LOADERS = {"LatentSyncLoadAudio": "audio", "LoadAudio": "audio", "VHS_LoadAudioUpload": "audio"}
 OUTPUT_KEYS = ("images", "gifs", "videos", "audio")  # where ComfyUI lists saved files in /history
 
-EXIT_EXECUTION, EXIT_INVALID, EXIT_UNREACHABLE, EXIT_TIMEOUT = 1, 2, 3, 4
+EXIT_EXECUTION, EXIT_INVALID, EXIT_UNREACHABLE, EXIT_TIMEOUT, EXIT_INTERRUPTED = 1, 2, 3, 4, 130
+CANCEL_TIMEOUT = 10.0  # seconds for each request that cancels the job on the server
 _WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"  # RFC 6455
 
 
@@ -91,7 +96,7 @@ class Comfy:
         if not os.path.isfile(path):
             raise ClientError(f"input file not found: {path}", EXIT_INVALID)
         boundary = uuid.uuid4().hex
-        filename = os.path.basename(path)
+        filename = header_quote(os.path.basename(path))
         ctype = mimetypes.guess_type(filename)[0] or "application/octet-stream"
         with open(path, "rb") as f:
             content = f.read()
@@ -122,9 +127,22 @@ class Comfy:
             raise ClientError(f"download of {item['filename']} failed: HTTP {status}")
         os.makedirs(out_dir, exist_ok=True)
         target = os.path.join(out_dir, os.path.basename(item["filename"]))
-        with open(target, "wb") as f:
-            f.write(data)
+        partial = os.path.join(out_dir, f".{os.path.basename(target)}.{uuid.uuid4().hex[:8]}.partial")
+        try:  # complete or not at all: an earlier file of the same name survives a failed write
+            with open(partial, "wb") as f:
+                f.write(data)
+            os.replace(partial, target)
+        except BaseException:
+            if os.path.exists(partial):
+                os.remove(partial)
+            raise
         return target
+
+
+def header_quote(value: str) -> str:
+    """A file name made safe for a quoted multipart header parameter, as browsers do (HTML form
+    encoding): ``"`` -> ``%22``, CR -> ``%0D``, LF -> ``%0A``; everything else is sent as UTF-8."""
+    return value.replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
 
 
 # ---------------------------------------------------------------------------------------- websocket
@@ -242,9 +260,27 @@ def set_loader(prompt: dict, loaders: dict, value: str, what: str) -> list[str]:
     return ids
 
 
-def apply_overrides(prompt: dict, overrides: list[str]) -> None:
-    """``NODE.INPUT=VALUE``: NODE is a node id or a class type (every node of that type); VALUE is parsed as
-    JSON when it is valid JSON (numbers, true/false), else taken as a string."""
+def node_inputs(comfy: Comfy | None, class_type: str, cache: dict) -> set[str] | None:
+    """Input names of a node class from the server (``/object_info/<class>``: required and optional),
+    or None when the server does not say."""
+    if comfy is None:
+        return None
+    if class_type not in cache:
+        status, reply, _ = comfy.json("GET", f"/object_info/{urllib.parse.quote(class_type)}")
+        info = reply.get(class_type) if status == 200 and isinstance(reply, dict) else None
+        spec = info.get("input") if isinstance(info, dict) else None
+        cache[class_type] = (
+            {k for part in ("required", "optional") for k in (spec.get(part) or {})} if isinstance(spec, dict) else None
+        )
+    return cache[class_type]
+
+
+def parse_overrides(prompt: dict, overrides: list[str], comfy: Comfy | None = None) -> list[tuple[list[str], str, object]]:
+    """Check every ``NODE.INPUT=VALUE`` against the graph before anything is sent: NODE must be a node id
+    or class type of the workflow, INPUT an input of that node (in the graph, or in the server's
+    definition of the node for optional inputs the graph leaves out). Returns ``(node ids, input, value)``;
+    VALUE is parsed as JSON when it is valid JSON (numbers, true/false), else taken as a string."""
+    parsed, cache = [], {}
     for item in overrides:
         target, sep, raw = item.partition("=")
         node, dot, name = target.rpartition(".")
@@ -254,10 +290,34 @@ def apply_overrides(prompt: dict, overrides: list[str]) -> None:
                 f"--set {item!r}: expected NODE.INPUT=VALUE with NODE a node id or class type of the workflow",
                 EXIT_INVALID,
             )
+        for nid in ids:
+            known = set(prompt[nid].get("inputs") or {})
+            if name in known:
+                continue
+            defined = node_inputs(comfy, prompt[nid]["class_type"], cache)
+            if defined is not None and name in defined:
+                continue
+            choices = sorted(known | (defined or set()))
+            close = difflib.get_close_matches(name, choices, n=1)
+            raise ClientError(
+                f"--set {item!r}: node {nid} [{prompt[nid]['class_type']}] has no input {name!r}"
+                + (f"; did you mean {close[0]!r}?" if close else "")
+                + f" (its inputs: {', '.join(choices) or 'none'})",
+                EXIT_INVALID,
+            )
         try:
             value = json.loads(raw)
         except ValueError:
             value = raw
+        parsed.append((ids, name, value))
+    return parsed
+
+
+def apply_overrides(prompt: dict, overrides, comfy: Comfy | None = None) -> None:
+    """Set ``--set`` values (strings ``NODE.INPUT=VALUE``, or what :func:`parse_overrides` returned)."""
+    if overrides and isinstance(overrides[0], str):
+        overrides = parse_overrides(prompt, overrides, comfy)
+    for ids, name, value in overrides:
         for nid in ids:
             prompt[nid].setdefault("inputs", {})[name] = value
 
@@ -329,6 +389,30 @@ def history_entry(comfy: Comfy, prompt_id: str) -> dict | None:
     return entry if state.get("completed") or state.get("status_str") in ("success", "error") else None
 
 
+def cancel(comfy: Comfy, prompt_id: str, log) -> None:
+    """Stop our job on the server: remove it from the queue while it waits (``POST /queue``
+    ``{"delete": [id]}``), interrupt it while it runs (``POST /interrupt`` ``{"prompt_id": id}``; the id is
+    read by ComfyUI >= 0.3.4x, and the running prompt is checked first, so an older ComfyUI that ignores
+    it never interrupts somebody else's job)."""
+    comfy = Comfy(comfy.base, timeout=min(comfy.timeout, CANCEL_TIMEOUT))
+    try:
+        status, queue, _ = comfy.json("GET", "/queue")
+        if status != 200 or not isinstance(queue, dict):
+            raise ClientError(f"HTTP {status}")
+
+        def ids(key):
+            return {item[1] for item in queue.get(key) or [] if isinstance(item, (list, tuple)) and len(item) > 1}
+
+        if prompt_id in ids("queue_pending"):
+            comfy.json("POST", "/queue", {"delete": [prompt_id]})
+            log(f"removed prompt {prompt_id} from the server's queue")
+        elif prompt_id in ids("queue_running"):
+            comfy.json("POST", "/interrupt", {"prompt_id": prompt_id})
+            log(f"interrupted prompt {prompt_id} on the server")
+    except ClientError as err:
+        log(f"could not cancel prompt {prompt_id} on the server ({err}); cancel it in ComfyUI's queue")
+
+
 def run(args, log=lambda s: print(s, file=sys.stderr)) -> list[str]:
     comfy = Comfy(args.server, timeout=args.http_timeout)
     prompt = load_workflow(args.workflow)
@@ -341,7 +425,9 @@ def run(args, log=lambda s: print(s, file=sys.stderr)) -> list[str]:
     except OSError as err:
         log(f"websocket unavailable ({err}); polling /history instead")
 
+    prompt_id = None
     try:
+        overrides = parse_overrides(prompt, args.set or [], comfy)  # a typo must not cost an upload
         if args.video:
             name = comfy.upload(args.video)
             log(
@@ -352,7 +438,7 @@ def run(args, log=lambda s: print(s, file=sys.stderr)) -> list[str]:
             log(
                 f"uploaded {args.audio} -> {name} (nodes {', '.join(set_loader(prompt, AUDIO_LOADERS, name, 'audio'))})"
             )
-        apply_overrides(prompt, args.set or [])
+        apply_overrides(prompt, overrides)
 
         status, reply, raw = comfy.json("POST", "/prompt", {"prompt": prompt, "client_id": client_id})
         if status != 200 or not isinstance(reply, dict) or "prompt_id" not in reply:
@@ -362,17 +448,24 @@ def run(args, log=lambda s: print(s, file=sys.stderr)) -> list[str]:
         prompt_id = reply["prompt_id"]
         log(f"queued prompt {prompt_id}")
         follow(ws, comfy, prompt_id, deadline, log)
+        entry = None
+        while entry is None:  # the history entry is written just after the last websocket message
+            entry = history_entry(comfy, prompt_id)
+            if entry is None:
+                if time.monotonic() > deadline:
+                    raise ClientError(f"timed out waiting for the history of prompt {prompt_id}", EXIT_TIMEOUT)
+                time.sleep(0.2)
+    except KeyboardInterrupt:
+        if prompt_id is not None:
+            cancel(comfy, prompt_id, log)
+        raise
+    except ClientError as err:
+        if err.code == EXIT_TIMEOUT and prompt_id is not None:
+            cancel(comfy, prompt_id, log)
+        raise
     finally:
         if ws:
             ws.close()
-
-    entry = None
-    while entry is None:  # the history entry is written just after the last websocket message
-        entry = history_entry(comfy, prompt_id)
-        if entry is None:
-            if time.monotonic() > deadline:
-                raise ClientError(f"timed out waiting for the history of prompt {prompt_id}", EXIT_TIMEOUT)
-            time.sleep(0.2)
     state = entry.get("status") or {}
     if state.get("status_str") == "error":
         errors = [data for kind, data in state.get("messages", []) if kind == "execution_error"]
@@ -423,6 +516,9 @@ def main(argv=None) -> int:
     except ClientError as err:
         print(f"error: {err}", file=sys.stderr)
         return err.code
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 
