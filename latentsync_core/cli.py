@@ -219,7 +219,7 @@ def run(args) -> str:
         raise LatentSyncError("The audio is shorter than one video frame.")
     index = ping_pong_indices(info.num_frames, num_out)
 
-    aligner = FaceAligner(resolution, face=args.face if args.face == "largest" else int(args.face))
+    aligner = FaceAligner(resolution, face=args.face if args.face == "largest" else int(args.face), models_dir=args.models)
     with VideoReader(args.video) as reader:
         affines, found = detect_faces(reader, aligner, args.quiet)
         aligner.close()

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import torch
 
-from ..latentsync_core.constants import FACE_LANDMARKER_FILENAME, MAX_FACE_GAP, RESOLUTION, SUPPORTED_RESOLUTIONS
+from ..latentsync_core.constants import MAX_FACE_GAP, RESOLUTION, SUPPORTED_RESOLUTIONS
 from ..latentsync_core.errors import InputMismatchError
 from ..latentsync_core.face import FaceAligner, fixed_mask, iter_patches
 from ..latentsync_core.face.landmarks import legacy_face_mesh_available, tasks_available
-from ..latentsync_core.face.task_file import ensure_task_file
+from ..latentsync_core.face.task_file import resolve_task_file
 from ..latentsync_core.types import FaceTrack
 from . import comfy_bridge as bridge
 from .types import CATEGORY, LATENTSYNC_FACES
@@ -40,16 +39,18 @@ class _Uint8Frames:
 
 
 def _task_path() -> str | None:
-    """``face_landmarker.task`` for mediapipe releases without the legacy face mesh (fetched once)."""
+    """``face_landmarker.task`` for mediapipe releases without the legacy face mesh (fetched once).
+
+    Same resolution as the library (``resolve_task_file``): ComfyUI's ``models/latentsync`` folders
+    (extra_model_paths.yaml included; downloads go to the first), then the cache; ``HF_HUB_OFFLINE=1``
+    means no network attempt.
+    """
     if legacy_face_mesh_available() or not tasks_available():
         return None  # no file needed, or no mediapipe at all (the aligner then says how to install it)
-    folders = bridge.model_folders()
-    for folder in folders:  # models/latentsync/ or any extra_model_paths.yaml location
-        if os.path.isfile(os.path.join(folder, FACE_LANDMARKER_FILENAME)):
-            return os.path.join(folder, FACE_LANDMARKER_FILENAME)
     bar = bridge.progress_bar(100)
-    return ensure_task_file(
-        folders[0], progress=lambda done, total: bar.update_absolute(done * 100 // max(total, 1), 100)
+    return resolve_task_file(
+        folders=bridge.model_folders(),
+        progress=lambda done, total: bar.update_absolute(done * 100 // max(total, 1), 100),
     )
 
 
