@@ -198,3 +198,43 @@ def test_sampler_deepcache_skips_deep_blocks(nodes, small_model, comfy_vae, inpu
         handle.remove()
     assert len(ran) == 1  # step 0 runs in full, step 1 reuses the deep features
     assert cached.shape == first_run[0].shape and not torch.equal(cached, first_run[0])
+
+
+# --- ComfyUI model management ----------------------------------------------------------------------
+def test_model_management_keeps_the_unet_loaded_between_runs_and_free_releases_it(
+    nodes, small_model, comfy_vae, inputs, first_run, monkeypatch
+):
+    """The U-Net goes through ComfyUI's ModelPatcher + load_models_gpu: the first Sampler run loads it,
+    the second moves no weights (it stays loaded), and ComfyUI's unload_all_models (/free) releases it."""
+    fresh = model_mod.LatentSyncModel(unet=small_model.unet, resolution=64, dtype=small_model.dtype, name="tiny-64")
+    moves = []
+    real_apply = torch.nn.Module._apply
+
+    def counting_apply(module, fn, *args, **kw):
+        if fresh.patcher is not None and module is fresh.patcher.model:  # whole-model moves of this patcher
+            moves.append(1)
+        return real_apply(module, fn, *args, **kw)
+
+    monkeypatch.setattr(torch.nn.Module, "_apply", counting_apply)
+    out1, _ = sample(nodes, fresh, comfy_vae, inputs)
+    assert len(moves) == 1  # loaded once
+    patcher = fresh.patcher
+    assert patcher in mm.loaded_models() and patcher.loaded_size() == patcher.model_size() > 0
+    out2, _ = sample(nodes, fresh, comfy_vae, inputs)
+    assert len(moves) == 1  # second run: no weights moved
+    assert fresh.patcher is patcher and torch.equal(out1, out2) and torch.equal(out1, first_run[0])
+    mm.unload_all_models()  # what ComfyUI's /free {"unload_models": true} calls
+    assert patcher not in mm.loaded_models() and patcher.loaded_size() == 0
+    assert len(moves) == 2 and patcher.current_loaded_device() == mm.unet_offload_device()
+
+
+def test_model_patcher_wraps_the_unet_for_comfyui(small_model):
+    """ModelPatcher sets ``model.device`` (the U-Net's own is a read-only property): the holder takes it."""
+    fresh = model_mod.LatentSyncModel(unet=small_model.unet, resolution=64, dtype=small_model.dtype, name="x")
+    patcher = fresh.model_patcher()
+    assert isinstance(patcher.model, model_mod.UNetHolder) and patcher.model.unet is small_model.unet
+    assert patcher.model_dtype() == small_model.dtype
+    assert patcher.model_size() == sum(p.numel() * p.element_size() for p in small_model.unet.parameters())
+    assert fresh.model_patcher() is patcher  # one per model
+    with fresh.on_compute_device() as unet:
+        assert unet is small_model.unet
