@@ -188,7 +188,7 @@ class LipSyncPipeline:
         # casts back; the mask's values are float32 numbers (256 px: 0/1; 512 px: k/255 in float32), so
         # the float64 product of two float32 numbers is exact and rounds to the same float32 as the
         # correctly rounded float32 product: bit-identical, and devices without float64 (MPS) work.
-        mask = torch.from_numpy(np.ascontiguousarray(fixed_mask(resolution), dtype=np.float32)).to(self.device)
+        mask = torch.tensor(fixed_mask(resolution), dtype=torch.float32).to(self.device)
         cache = DeepCache(self.unet, deepcache)
         if cache.enabled and not hasattr(self.unet, "down_blocks"):
             raise LatentSyncError("DeepCache needs the LatentSync U-Net (down_blocks/up_blocks); turn it off.")

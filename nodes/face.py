@@ -119,7 +119,7 @@ class LatentSyncPasteBack:
         return {
             "required": {
                 "images": ("IMAGE", {"tooltip": "The original video frames (the ones given to Face Crop & Align)."}),
-                "faces": ("IMAGE", {"tooltip": "Generated faces from the LatentSync Sampler [N, res, res, 3]."}),
+                "faces": ("IMAGE", {"tooltip": "Generated faces from the LatentSync Sampler [N, res, res, 3] (used as floats, unclamped: resized back, then clamped, as the official code)."}),
                 "face_track": (LATENTSYNC_FACES, {"tooltip": "The face track from the sampler (or from Face Crop & Align when the lengths match)."}),
                 "method": (PASTE_METHODS, {"default": "auto", "tooltip": "reference: OpenCV exactly as the official code (CPU); fast: batched torch/kornia on the GPU (bilinear, within 1 grey level); auto: fast on a GPU, reference on CPU."}),
             }
@@ -139,7 +139,7 @@ class LatentSyncPasteBack:
                 out[i] = images[int(face_track.frame_index[i])][..., :3]
             patches = iter_patches(
                 _Slice(originals, start, stop),
-                (faces[start:stop, ..., :3].float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy(),
+                faces[start:stop, ..., :3].float().cpu().numpy(),  # float, unclamped: resized, then clamped
                 face_track.affines[start:stop],
                 face_track.found[start:stop],
                 fast=fast,

@@ -13,7 +13,6 @@ import torch
 from conftest import FIXTURES, PACK_NAME, load_pack
 from test_pipeline import StandInVae
 
-from latentsync_core.face import fixed_mask
 from latentsync_core.pipeline import LipSyncPipeline
 from latentsync_core.types import FaceTrack, FrameAudio
 from latentsync_core.vae import load_vae
@@ -141,14 +140,12 @@ def first_run(nodes, small_model, comfy_vae, inputs):
 def test_sampler_output_length_progress_and_core_equality(small_model, diffusers_vae, inputs, first_run):
     out, track, updates = first_run
     assert out.shape == (6, 64, 64, 3) and out.dtype == torch.float32
-    assert 0 <= out.min() and out.max() <= 1
+    assert torch.isfinite(out).all()
     assert track.frame_index.tolist() == [0, 1, 2, 3, 3, 2] and len(track) == 6
     assert updates == [(1, 2), (2, 2)]  # 1 chunk x 2 steps
     faces, _, audio = inputs
     core = LipSyncPipeline(small_model.unet, diffusers_vae).sync_faces(faces, audio.chunks, steps=2, seed=7, vae_encode="mean")
-    mask = torch.tensor(fixed_mask(64))
-    exact = ((mask - 1).abs() < 1e-6) | (mask.abs() < 1e-6)  # ComfyUI clamps the decode before the blend
-    assert (core.faces.float().clamp(0, 1) - out)[:, exact].abs().max() < 2e-3
+    assert (core.faces.float() - out).abs().max() < 2e-3  # unclamped, as the core (and the official code)
 
 
 def test_sampler_rejects_bad_input(nodes, small_model, comfy_vae, inputs):
