@@ -235,3 +235,12 @@ def test_model_patcher_wraps_the_unet_for_comfyui(small_model):
     assert fresh.model_patcher() is patcher  # one per model
     with fresh.on_compute_device() as unet:
         assert unet is small_model.unet
+    # a model dropped from ComfyUI's cache leaves the loaded list (ComfyUI: a finalizer on the loaded model)
+    import gc
+
+    count = len(mm.current_loaded_models)
+    del fresh, patcher, unet
+    gc.collect()
+    assert len(mm.current_loaded_models) == count - 1
+    mm.unload_all_models()
+    assert mm.current_loaded_models == []

@@ -96,6 +96,7 @@ class LoadedModel:
         self.device = model.load_device
         self.real_model = None
         self.currently_used = True
+        self.model_finalizer = None
 
     @property
     def model(self):
@@ -119,14 +120,18 @@ class LoadedModel:
         self.model.model_patches_to(self.device)
         use_more_vram = lowvram_model_memory or 1e32
         self.model.partially_load(self.device, use_more_vram, force_patch_weights=force_patch_weights)
-        self.real_model = weakref.ref(self.model.model)
-        return self.model.model
+        real_model = self.model.model
+        self.real_model = weakref.ref(real_model)
+        self.model_finalizer = weakref.finalize(real_model, cleanup_models)
+        return real_model
 
     def model_unload(self, memory_to_free=None, unpatch_weights=True):
         if memory_to_free is not None and memory_to_free < self.model.loaded_size():
             if self.model.partially_unload(self.model.offload_device, memory_to_free) >= memory_to_free:
                 return False
         self.model.detach(unpatch_weights)
+        self.model_finalizer.detach()
+        self.model_finalizer = None
         self.real_model = None
         return True
 
@@ -137,7 +142,16 @@ class LoadedModel:
         return self.real_model is not None and self.real_model() is not None and self.model is None
 
 
+def cleanup_models():
+    """Drop the entries whose model is gone (ComfyUI calls this from a finalizer on the loaded model)."""
+    for i in range(len(current_loaded_models) - 1, -1, -1):
+        real = current_loaded_models[i].real_model
+        if real is None or real() is None:
+            current_loaded_models.pop(i)
+
+
 def free_memory(memory_required, device, keep_loaded=()):
+    cleanup_models()
     unloaded = []
     for i in range(len(current_loaded_models) - 1, -1, -1):
         loaded = current_loaded_models[i]
