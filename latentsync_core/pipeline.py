@@ -187,7 +187,11 @@ class LipSyncPipeline:
             noise = initial_latents.float()
         else:
             noise = self.draw_noise(generator, resolution, steps)
-        mask = torch.tensor(fixed_mask(resolution), dtype=torch.float64).to(self.device)  # [res,res], 1 = keep
+        # [res,res] float32, 1 = keep. The official code multiplies float32 pixels by a float64 mask and
+        # casts back; the mask's values are float32 numbers (256 px: 0/1; 512 px: k/255 in float32), so
+        # the float64 product of two float32 numbers is exact and rounds to the same float32 as the
+        # correctly rounded float32 product: bit-identical, and devices without float64 (MPS) work.
+        mask = torch.tensor(fixed_mask(resolution), dtype=torch.float32).to(self.device)
         cache = DeepCache(self.unet, deepcache)
         if cache.enabled and not hasattr(self.unet, "down_blocks"):
             raise LatentSyncError("DeepCache needs the LatentSync U-Net (down_blocks/up_blocks); turn it off.")
@@ -206,7 +210,7 @@ class LipSyncPipeline:
                 n = len(rows)
                 chunk_faces = faces[torch.from_numpy(index[rows]).to(faces.device)].to(self.device)
                 pixels = faces_to_pixels(chunk_faces)  # float32 [n,3,res,res] in [-1,1]
-                masked = (pixels.double() * mask).float()  # official: float32 x float64 mask
+                masked = pixels * mask  # = official float32 x float64 mask, cast back (see above)
                 mask1 = mask.expand(n, 1, resolution, resolution)
                 mask_lat = F.interpolate(mask1, size=(latent_hw, latent_hw))  # nearest
                 mask_lat = mask_lat.permute(1, 0, 2, 3).unsqueeze(0).float()  # [1,1,n,h,w]
@@ -252,7 +256,7 @@ class LipSyncPipeline:
                 if return_latents:
                     finals.append(latents.cpu())
                 decoded = self.vae.decode(latents[0].permute(1, 0, 2, 3))  # [n,3,res,res]
-                keep = mask.float()  # official: decoded * (1 - mask) + original * mask
+                keep = mask  # official: decoded * (1 - mask) + original * mask
                 merged = decoded * (1 - keep) + pixels * keep
                 merged = (merged / 2 + 0.5).permute(0, 2, 3, 1)  # unclamped: paste-back resizes, then clamps
                 out[torch.from_numpy(rows)] = merged.half().cpu()

@@ -77,8 +77,9 @@ class DiffusersVae:
 
 class ComfyVae:
     """ComfyUI's ``comfy.sd.VAE``: ``encode(pixels [B,H,W,3] 0..1)`` returns the unscaled posterior mean
-    ``[B,4,h,w]``; ``decode(latents)`` returns ``[B,H,W,3]`` clamped to 0..1. Device placement and
-    batching are ComfyUI's own; results are moved to ``device``."""
+    ``[B,4,h,w]``; ``decode(latents)`` returns ``[B,H,W,3]`` clamped to 0..1 (this adapter asks for the
+    unclamped decode, see :meth:`decode`). Device placement and batching are ComfyUI's own; results are
+    moved to ``device``."""
 
     can_sample = False  # ComfyUI's encode only exposes the posterior mean
 
@@ -96,8 +97,25 @@ class ComfyVae:
 
     @torch.no_grad()
     def decode(self, latents):
-        images = self.vae.decode((latents / LATENT_SCALE).float())
+        """``[B,4,h,w]`` scaled latents -> ``[B,3,H,W]`` in [-1, 1] units, NOT clamped (the decoder can
+        overshoot): the official pipeline blends and resizes the unclamped decode and clamps only after
+        paste-back. ComfyUI's ``VAE.decode`` clamps in its ``process_output`` (an instance attribute,
+        ``clamp((x + 1) / 2, 0, 1)`` for image VAEs); it is swapped for the unclamped map during this call
+        (ComfyUI's batching, tiling fallback and memory management stay as they are)."""
+        clamped = getattr(self.vae, "process_output", None)
+        if clamped is not None:
+            self.vae.process_output = _unclamped_output
+        try:
+            images = self.vae.decode((latents / LATENT_SCALE).float())
+        finally:
+            if clamped is not None:
+                self.vae.process_output = clamped
         return images.to(self.device, torch.float32).movedim(-1, 1) * 2.0 - 1.0
+
+
+def _unclamped_output(image: torch.Tensor) -> torch.Tensor:
+    """ComfyUI's image ``process_output`` without its clamp: [-1, 1] units -> 0..1 units."""
+    return (image + 1.0) / 2.0
 
 
 def as_latent_vae(vae: Any, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> LatentVae:

@@ -1,7 +1,8 @@
 """The only place the nodes touch ComfyUI's own modules.
 
-ComfyUI provides ``folder_paths``, ``comfy.utils`` and ``comfy.model_management``; the tests provide
-minimal stand-ins for them (``tests/comfy_stubs``) when ComfyUI is not importable.
+ComfyUI provides ``folder_paths``, ``comfy.utils``, ``comfy.model_management`` and
+``comfy.model_patcher``; the tests provide stand-ins for them (``tests/comfy_stubs``) when ComfyUI is
+not importable.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import os
 
 import comfy.model_management as model_management
+import comfy.model_patcher
 import comfy.utils
 import folder_paths
 
@@ -157,3 +159,14 @@ def progress_text(text: str, node_id: str | None) -> None:
         PromptServer.instance.send_progress_text(text, node_id)
     except Exception:  # noqa: S110 (purely cosmetic: an old server without progress text, or no server)
         pass
+
+
+def model_patcher(module, load_device, offload_device, size: int = 0):
+    """ComfyUI's ``ModelPatcher`` around ``module`` (which must allow setting ``module.device``)."""
+    return comfy.model_patcher.ModelPatcher(module, load_device=load_device, offload_device=offload_device, size=size)
+
+
+def load_models_gpu(patchers, memory_required: int = 0, force_full_load: bool = False) -> None:
+    """Let ComfyUI's memory manager load ``patchers`` on their load device (evicting other models as
+    needed; a model already loaded stays and nothing moves)."""
+    model_management.load_models_gpu(list(patchers), memory_required=memory_required, force_full_load=force_full_load)

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import torch
 
-from ..latentsync_core.constants import FACE_LANDMARKER_FILENAME, MAX_FACE_GAP, RESOLUTION, SUPPORTED_RESOLUTIONS
+from ..latentsync_core.constants import MAX_FACE_GAP, RESOLUTION, SUPPORTED_RESOLUTIONS
 from ..latentsync_core.errors import InputMismatchError
 from ..latentsync_core.face import FaceAligner, fixed_mask, iter_patches
 from ..latentsync_core.face.landmarks import legacy_face_mesh_available, tasks_available
-from ..latentsync_core.face.task_file import ensure_task_file
+from ..latentsync_core.face.task_file import resolve_task_file
 from ..latentsync_core.types import FaceTrack
 from . import comfy_bridge as bridge
 from .types import CATEGORY, LATENTSYNC_FACES
@@ -40,16 +39,18 @@ class _Uint8Frames:
 
 
 def _task_path() -> str | None:
-    """``face_landmarker.task`` for mediapipe releases without the legacy face mesh (fetched once)."""
+    """``face_landmarker.task`` for mediapipe releases without the legacy face mesh (fetched once).
+
+    Same resolution as the library (``resolve_task_file``): ComfyUI's ``models/latentsync`` folders
+    (extra_model_paths.yaml included; downloads go to the first), then the cache; ``HF_HUB_OFFLINE=1``
+    means no network attempt.
+    """
     if legacy_face_mesh_available() or not tasks_available():
         return None  # no file needed, or no mediapipe at all (the aligner then says how to install it)
-    folders = bridge.model_folders()
-    for folder in folders:  # models/latentsync/ or any extra_model_paths.yaml location
-        if os.path.isfile(os.path.join(folder, FACE_LANDMARKER_FILENAME)):
-            return os.path.join(folder, FACE_LANDMARKER_FILENAME)
     bar = bridge.progress_bar(100)
-    return ensure_task_file(
-        folders[0], progress=lambda done, total: bar.update_absolute(done * 100 // max(total, 1), 100)
+    return resolve_task_file(
+        folders=bridge.model_folders(),
+        progress=lambda done, total: bar.update_absolute(done * 100 // max(total, 1), 100),
     )
 
 
@@ -123,7 +124,7 @@ class LatentSyncPasteBack:
         return {
             "required": {
                 "images": ("IMAGE", {"tooltip": "The original video frames (the ones given to Face Crop & Align)."}),
-                "faces": ("IMAGE", {"tooltip": "Generated faces from the LatentSync Sampler [N, res, res, 3]."}),
+                "faces": ("IMAGE", {"tooltip": "Generated faces from the LatentSync Sampler [N, res, res, 3] (used as floats, unclamped: resized back, then clamped, as the official code)."}),
                 "face_track": (LATENTSYNC_FACES, {"tooltip": "The face track from the sampler (or from Face Crop & Align when the lengths match)."}),
                 "method": (PASTE_METHODS, {"default": "auto", "tooltip": "reference: OpenCV exactly as the official code (CPU); fast: batched torch/kornia on the GPU (bilinear, within 1 grey level); auto: fast on a GPU, reference on CPU."}),
             }
@@ -143,7 +144,7 @@ class LatentSyncPasteBack:
                 out[i] = images[int(face_track.frame_index[i])][..., :3]
             patches = iter_patches(
                 _Slice(originals, start, stop),
-                (faces[start:stop, ..., :3].float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy(),
+                faces[start:stop, ..., :3].float().cpu().numpy(),  # float, unclamped: resized, then clamped
                 face_track.affines[start:stop],
                 face_track.found[start:stop],
                 fast=fast,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -26,15 +26,36 @@ ACTIVATION_SLACK = 1.5  # device memory asked for beyond the weights (activation
 DOWNLOADABLE = {MODEL_FILES[kind].local_name: kind for kind in ("unet-1.5", "unet-1.6")}
 
 
+class UNetHolder(torch.nn.Module):
+    """What ComfyUI's ``ModelPatcher`` wraps: the U-Net plus the plain ``device`` attribute ModelPatcher
+    sets on the model it manages (the U-Net's own ``device`` is a read-only property)."""
+
+    def __init__(self, unet: torch.nn.Module, device):
+        super().__init__()
+        self.unet = unet
+        self.device = device
+
+    def get_dtype(self) -> torch.dtype:  # ModelPatcher.model_dtype()
+        return next(self.unet.parameters()).dtype
+
+
+def _same_device(a, b) -> bool:
+    a, b = torch.device(a), torch.device(b)
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
 @dataclass
 class LatentSyncModel:
-    """What flows through a LATENTSYNC_MODEL socket: the U-Net (kept on the offload device between
-    runs), the face size it was trained for, and its dtype."""
+    """What flows through a LATENTSYNC_MODEL socket: the U-Net, the face size it was trained for, and its
+    dtype. ComfyUI's memory manager owns its placement: :meth:`on_compute_device` loads it through a
+    ``ModelPatcher`` with ``load_models_gpu``, so it stays on the GPU between runs while memory allows
+    and is evicted (or released by ``/free``, "Unload models") when other models need the room."""
 
     unet: torch.nn.Module
     resolution: int
     dtype: torch.dtype
     name: str
+    patcher: object = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def version(self) -> str:
@@ -47,21 +68,39 @@ class LatentSyncModel:
                 f"{resolution} px: set Face Crop & Align's resolution to {self.resolution} (or load the matching model)."
             )
 
+    def model_patcher(self, device=None):
+        """The ``ModelPatcher`` that ComfyUI's memory manager tracks (one per model, made on first use)."""
+        device = bridge.compute_device() if device is None else device
+        if self.patcher is None or not _same_device(self.patcher.load_device, device):
+            offload = bridge.offload_device()
+            holder = UNetHolder(self.unet, next(self.unet.parameters()).device)
+            size = sum(p.numel() * p.element_size() for p in self.unet.parameters())
+            self.patcher = bridge.model_patcher(holder, device, offload, size=size)
+        return self.patcher
+
     @contextlib.contextmanager
     def on_compute_device(self):
-        """Move the U-Net to ComfyUI's compute device for a run (freeing room first) and always back to
-        the offload device afterwards, so other models get the memory between runs."""
+        """The U-Net on ComfyUI's compute device for a run: loaded by ``load_models_gpu`` (a complete load,
+        freeing room for the activations too); it stays there afterwards until ComfyUI evicts it.
+
+        Plain torch layers cannot run partially loaded (ComfyUI's lowvram streaming needs comfy.ops
+        layers), so ``force_full_load``; under ``--novram`` ComfyUI still loads nothing, and then the
+        U-Net is moved for this run only and back to the offload device afterwards.
+        """
         device = bridge.compute_device()
-        offload = bridge.offload_device()
-        size = sum(p.numel() * p.element_size() for p in self.unet.parameters())
-        if not bridge.is_device_cpu(device):
-            bridge.free_memory(int(size * ACTIVATION_SLACK), device)
-        try:
+        patcher = self.model_patcher(device)
+        size = patcher.model_size()
+        bridge.load_models_gpu([patcher], memory_required=int(size * (ACTIVATION_SLACK - 1)), force_full_load=True)
+        stray = any(not _same_device(p.device, device) for p in self.unet.parameters())
+        if stray:
+            logger.info("LatentSync: ComfyUI did not load the U-Net on %s (novram?); moving it for this run", device)
             self.unet.to(device)
+        try:
             yield self.unet
         finally:
-            self.unet.to(offload)
-            bridge.soft_empty_cache()
+            if stray:
+                self.unet.to(patcher.offload_device)
+                bridge.soft_empty_cache()
 
 
 def guess_resolution(name: str, path: str | None = None) -> int:
@@ -103,7 +142,8 @@ class LatentSyncModelLoader:
     FUNCTION = "load"
     DESCRIPTION = (
         "Loads the LatentSync U-Net (latentsync_unet.pt of LatentSync 1.5 or 1.6) from models/latentsync/. "
-        "The model stays on ComfyUI's offload device and moves to the GPU only while the sampler runs."
+        "ComfyUI's model management places it: loaded on the GPU for the sampler, kept there between runs "
+        "while memory allows, unloaded when other models need the room."
     )
     RETURN_TYPES = (LATENTSYNC_MODEL,)
     RETURN_NAMES = ("model",)

@@ -36,7 +36,8 @@ class LatentSyncSampler:
     RETURN_TYPES = ("IMAGE", LATENTSYNC_FACES)
     RETURN_NAMES = ("faces", "face_track")
     OUTPUT_TOOLTIPS = (
-        "Lip-synced aligned faces [N, res, res, 3], one per audio frame: connect to Paste Back.",
+        "Lip-synced aligned faces [N, res, res, 3], one per audio frame: connect to Paste Back. Not clamped (the "
+        "VAE can overshoot 0..1 slightly; Paste Back clamps after resizing, as the official code; previews clip).",
         "The face track matched to the audio length (frames looped or cut): connect to Paste Back.",
     )
 
@@ -97,7 +98,9 @@ class LatentSyncSampler:
                 progress=lambda done, total: bar.update_absolute(done, total),
                 check_interrupt=bridge.check_interrupted,
             )
-        out = result.faces.float().clamp_(0, 1).to(bridge.intermediate_device())
+        # not clamped: values a little outside 0..1 where the VAE overshoots, as the official pipeline
+        # hands them to the paste-back (which resizes first and clamps after); previews clip them
+        out = result.faces.float().to(bridge.intermediate_device())
         return (out, track)
 
 

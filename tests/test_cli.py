@@ -151,6 +151,37 @@ def test_cli_lipsyncs_a_clip_with_tiny_models(face_clip, tmp_path, monkeypatch):
     assert diff[:, : H // 5].mean() < 5.0  # x264 CRF 18 + RGB/YUV rounding: a few grey levels
 
 
+@pytest.mark.face
+def test_cli_finds_the_task_file_under_models_on_new_mediapipe(face_clip, tmp_path, monkeypatch, task_file):
+    """mediapipe without the legacy mesh (the README install today): --models DIR/latentsync/face_landmarker.task
+    is used, offline, with no network attempt (issue 13 item 3)."""
+    import shutil
+
+    from latentsync_core.face import landmarks
+
+    clip, _ = face_clip
+    speech = tmp_path / "speech.wav"
+    _write_wav(speech, 0.12)
+    models = tmp_path / "models"
+    (models / "latentsync").mkdir(parents=True)
+    shutil.copyfile(task_file, models / "latentsync" / "face_landmarker.task")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(landmarks, "legacy_face_mesh_available", lambda: False)  # as on mediapipe >= 0.10.30
+    opened = []
+    real_init = landmarks.TasksFaceLandmarker.__init__
+
+    def spy(self, model_path, *args, **kw):
+        opened.append(model_path)
+        real_init(self, model_path, *args, **kw)
+
+    monkeypatch.setattr(landmarks.TasksFaceLandmarker, "__init__", spy)
+    out = tmp_path / "synced.mp4"
+    argv = ["--video", str(clip), "--audio", str(speech), "--out", str(out), "--models", str(models), *TINY]
+    assert cli.main([*argv, "--steps", "1", "--guidance", "1.0", "--no-download", "-q"]) == 0
+    assert opened == [str(models / "latentsync" / "face_landmarker.task")]
+    assert probe_video(out).num_frames == 3
+
+
 def test_cli_errors(face_clip, tmp_path, capsys):
     clip, _ = face_clip
     speech = tmp_path / "s.wav"

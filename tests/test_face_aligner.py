@@ -15,6 +15,8 @@ from latentsync_core.face import FaceAligner, paste_back, select_face
 from latentsync_core.face.gaps import bridge_gaps, format_ranges, runs
 from latentsync_core.face.landmarks import to_68
 
+pytestmark = pytest.mark.face
+
 
 @pytest.fixture(scope="module")
 def mesh():

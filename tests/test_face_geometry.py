@@ -13,6 +13,8 @@ from latentsync_core.face.landmarks import MESH_TO_68, to_68
 from latentsync_core.face.paste import crop_window, restore_frame
 from latentsync_core.types import FaceTrack
 
+pytestmark = pytest.mark.face
+
 
 @pytest.fixture(scope="module")
 def golden():

@@ -12,7 +12,28 @@ from conftest import FIXTURES
 
 from latentsync_core.face.landmarks import legacy_face_mesh_available
 
-pytestmark = pytest.mark.skipif(not legacy_face_mesh_available(), reason="needs mediapipe <= 0.10.21")
+pytestmark = pytest.mark.face
+
+
+@pytest.fixture
+def detector(request, tmp_path):
+    """A real landmark backend for the node: the legacy mesh when installed, else the Tasks backend with
+    the test .task in an extra models/latentsync folder (as extra_model_paths.yaml would add one)."""
+    import folder_paths
+
+    if legacy_face_mesh_available():
+        yield "legacy"
+        return
+    task = request.getfixturevalue("task_file")
+    folder = tmp_path / "extra_models" / "latentsync"
+    folder.mkdir(parents=True)
+    (folder / "face_landmarker.task").symlink_to(task)
+    paths = folder_paths.folder_names_and_paths["latentsync"][0]
+    paths.append(str(folder))
+    try:
+        yield "tasks"
+    finally:
+        paths.remove(str(folder))
 
 
 def core(pack, module):
@@ -24,8 +45,13 @@ def golden_frame(i):
     return cv2.cvtColor(cv2.imread(str(FIXTURES / "face" / f"detect_{i}.png")), cv2.COLOR_BGR2RGB)
 
 
+@pytest.fixture
+def video(detector, clip):
+    return clip
+
+
 @pytest.fixture(scope="module")
-def video():
+def clip():
     """IMAGE [6, 480, 640, 3]: face, face, blank, face, blank x2 (a 1-frame gap and a 2-frame tail)."""
     face0, face15 = golden_frame(0), golden_frame(15)
     blank = np.full_like(face0, 30)

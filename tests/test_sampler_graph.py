@@ -14,7 +14,6 @@ from conftest import FIXTURES
 from test_pipeline import StandInVae
 
 from latentsync_core.constants import DEFAULT_SEED
-from latentsync_core.face import fixed_mask
 from latentsync_core.pipeline import LipSyncPipeline
 from latentsync_core.vae import load_vae
 
@@ -62,9 +61,7 @@ def test_five_second_clip_through_the_graph(pack, graph_files):
     core = LipSyncPipeline(model.unet, vae.first_stage_model).sync_faces(
         faces, frame_audio.chunks[:16], source_index=out_track.frame_index[:16], steps=1, guidance=1.0,
         seed=DEFAULT_SEED, vae_encode="mean")
-    mask = torch.tensor(fixed_mask(256))
-    exact = ((mask - 1).abs() < 1e-6) | (mask.abs() < 1e-6)
-    assert (core.faces.float().clamp(0, 1) - synced[:16])[:, exact].abs().max() < 2e-3
+    assert (core.faces.float() - synced[:16]).abs().max() < 2e-3  # unclamped, everywhere
 
 
 def test_core_whole_job_on_frames_and_audio(pack):

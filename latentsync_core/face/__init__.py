@@ -8,7 +8,7 @@ track: the ``FaceTrack``); ``paste_back(frames, faces, affines)`` puts generated
 from .aligner import AlignmentResult, FaceAligner, select_face
 from .landmarks import MESH_TO_68, LegacyFaceMesh, TasksFaceLandmarker, open_backend
 from .paste import fixed_mask, iter_patches, paste_back, paste_back_track
-from .task_file import ensure_task_file
+from .task_file import ensure_task_file, resolve_task_file
 
 __all__ = [
     "AlignmentResult",
@@ -22,5 +22,6 @@ __all__ = [
     "open_backend",
     "paste_back",
     "paste_back_track",
+    "resolve_task_file",
     "select_face",
 ]

@@ -87,7 +87,10 @@ class FaceAligner:
     resolution: 256 (LatentSync 1.5) or 512 (1.6). face: ``"largest"`` or the index from the left.
     max_gap: runs of up to this many frames without a face are bridged; longer runs are not-found.
     backend: a ``LandmarkBackend`` (default: the legacy face mesh when installed, else the Tasks
-    FaceLandmarker on ``task_path``). workers: threads for the warps (OpenCV releases the GIL).
+    FaceLandmarker on ``task_path``; without one, ``face_landmarker.task`` is looked up in
+    ``<models_dir>/latentsync/`` (``models_dir``, else env ``LATENTSYNC_MODELS``), ``task_folders``
+    and the cache, and downloaded when ``download`` is True and ``HF_HUB_OFFLINE`` is not set; see
+    ``task_file.resolve_task_file``). workers: threads for the warps (OpenCV releases the GIL).
     """
 
     def __init__(
@@ -98,6 +101,9 @@ class FaceAligner:
         max_gap: int = MAX_FACE_GAP,
         backend: LandmarkBackend | None = None,
         task_path: str | None = None,
+        models_dir: str | None = None,
+        task_folders: Sequence[str] = (),
+        download: bool = True,
         workers: int | None = None,
     ):
         if resolution not in SUPPORTED_RESOLUTIONS:
@@ -108,6 +114,9 @@ class FaceAligner:
         self.face = face
         self.max_gap = max_gap
         self.task_path = task_path
+        self.models_dir = models_dir
+        self.task_folders = list(task_folders)
+        self.download = download
         self.workers = default_workers() if workers is None else workers
         self._backend = backend
 
@@ -115,7 +124,10 @@ class FaceAligner:
     def backend(self) -> LandmarkBackend:
         if self._backend is None:
             max_faces = 4 if self.face == "largest" else max(4, int(self.face) + 1)
-            self._backend = open_backend(max_faces, self.task_path)
+            self._backend = open_backend(
+                max_faces, self.task_path, models_dir=self.models_dir, folders=self.task_folders,
+                download=self.download,
+            )  # fmt: skip
         return self._backend
 
     def close(self) -> None:

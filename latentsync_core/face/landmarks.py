@@ -9,12 +9,13 @@ pixels as the official code does (``int(x * width)``). The alignment only uses t
   wheel: works offline). Static-image mode, no iris refinement: exactly what the official code ran.
 - ``TasksFaceLandmarker``: ``mediapipe.tasks`` ``FaceLandmarker`` (every mediapipe >= 0.10.x; the only
   option from 0.10.30 on, which runs with numpy 2 / Python 3.13). Needs ``face_landmarker.task``
-  (see ``task_file.py``).
+  (found or fetched by ``task_file.resolve_task_file``).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
@@ -141,11 +142,21 @@ class TasksFaceLandmarker:
         self._landmarker.close()
 
 
-def open_backend(max_faces: int = 4, task_path: str | None = None, prefer: str = "auto") -> LandmarkBackend:
-    """The best backend available: legacy face mesh if installed, else Tasks with ``task_path``.
+def open_backend(
+    max_faces: int = 4,
+    task_path: str | None = None,
+    prefer: str = "auto",
+    *,
+    models_dir: str | None = None,
+    folders: Sequence[str] = (),
+    download: bool = True,
+) -> LandmarkBackend:
+    """The best backend available: legacy face mesh if installed, else Tasks on ``face_landmarker.task``.
 
-    prefer: ``"auto"``, ``"legacy"`` or ``"tasks"``. ``task_path`` must exist for the Tasks backend
-    (``task_file.ensure_task_file`` fetches it).
+    prefer: ``"auto"``, ``"legacy"`` or ``"tasks"``. For the Tasks backend ``task_path`` is used when
+    given, else the file is found or downloaded by ``task_file.resolve_task_file(models_dir, folders=...)``
+    (``<models_dir>/latentsync/``, env ``LATENTSYNC_MODELS``, ``folders``, the cache; ``HF_HUB_OFFLINE``
+    and ``download=False`` forbid the download and raise ``ModelMissingError`` with URL and path).
     """
     if prefer not in ("auto", "legacy", "tasks"):
         raise ValueError(f"unknown landmark backend {prefer!r}")
@@ -159,6 +170,8 @@ def open_backend(max_faces: int = 4, task_path: str | None = None, prefer: str =
             "ComfyUI's Python: python -m pip install mediapipe"
         )
     if task_path is None:
-        raise ValueError("the Tasks FaceLandmarker backend needs the path of face_landmarker.task")
+        from .task_file import resolve_task_file
+
+        task_path = resolve_task_file(models_dir, folders=folders, download=download)
     logger.info("face landmarks: using the mediapipe Tasks FaceLandmarker (%s)", task_path)
     return TasksFaceLandmarker(task_path, max_faces)

@@ -67,6 +67,12 @@ class Downsample3D(nn.Module):
         return self.conv(x)
 
 
+def needs_float32_interpolate(x: torch.Tensor) -> bool:
+    """``F.interpolate`` in float32 for this tensor: bf16 (no nearest kernels on some torch builds) and
+    any non-float32 input on Apple MPS (fp16 upsampling there gives black frames, upstream LatentSync #48)."""
+    return x.dtype == torch.bfloat16 or (x.device.type == "mps" and x.dtype != torch.float32)
+
+
 class Upsample3D(nn.Module):
     """Nearest 2x (or to ``size``) upsampling per frame, then a 3x3 conv."""
 
@@ -76,7 +82,7 @@ class Upsample3D(nn.Module):
 
     def forward(self, x: torch.Tensor, size: tuple[int, int] | None = None) -> torch.Tensor:
         dtype = x.dtype
-        if dtype == torch.bfloat16:  # nearest upsampling lacks bf16 kernels on some torch builds
+        if needs_float32_interpolate(x):
             x = x.float()
         x = F.interpolate(x, scale_factor=2.0, mode="nearest") if size is None else F.interpolate(x, size=size, mode="nearest")
         return self.conv(x.to(dtype))
