@@ -55,8 +55,8 @@ def test_the_check_catches_each_kind_of_break(schema):
     # compatible additions pass (and are listed)
     breaking, added = changed(lambda s: s["LatentSyncSampler"]["optional"].update(extra="IMAGE"))
     assert breaking == [] and added == ["LatentSyncSampler: new optional input 'extra'"]
-    breaking, added = changed(lambda s: s.update(LatentSyncLipSyncVideo={"required": {}, "optional": {}, "outputs": []}))
-    assert breaking == [] and added == ["new node LatentSyncLipSyncVideo"]
+    breaking, added = changed(lambda s: s.update(LatentSyncFutureNode={"required": {}, "optional": {}, "outputs": []}))
+    assert breaking == [] and added == ["new node LatentSyncFutureNode"]
 
 
 def test_registry_metadata():
