@@ -258,7 +258,7 @@ def run(args) -> str:
     whisper = load_whisper(paths["whisper"], device=device)
     unet = load_unet(args.unet_config or UNetConfig(), paths["unet"], device=device, dtype=dtype)
     vae = load_vae(paths["vae"], args.vae_config, device=device, dtype=dtype)
-    aligner = FaceAligner(resolution, face=face, models_dir=args.models)
+    aligner = FaceAligner(resolution, face=face, models_dir=args.models, download=not args.no_download)
     bars: dict[str, object] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
