@@ -77,7 +77,8 @@ class LipSyncPipeline:
 
     def __init__(self, unet: torch.nn.Module, vae, whisper=None, scheduler_config: dict | None = None,
                  aligner=None, resolution: int = RESOLUTION):
-        self.unet = unet
+        self.unet = unet  # may be compiled (compile_unet); self.eager_unet is the plain module
+        self.eager_unet = getattr(unet, "_orig_mod", unet)
         self.resolution = resolution  # face size of the aligner __call__ builds (256: 1.5, 512: 1.6)
         param = next(unet.parameters())
         self.device, self.dtype = param.device, param.dtype
@@ -91,8 +92,8 @@ class LipSyncPipeline:
         """A fresh scheduler (``ddim``: official; ``dpmpp_2m``: opt-in), timesteps on the CPU."""
         return make_scheduler(sampler, self.scheduler_config, steps)
 
-    def _unet(self, sample, t, audio):
-        out = self.unet(sample, t, encoder_hidden_states=audio)
+    def _unet(self, sample, t, audio, compiled: bool = True):
+        out = (self.unet if compiled else self.eager_unet)(sample, t, encoder_hidden_states=audio)
         return getattr(out, "sample", out)
 
     # -- the loop -----------------------------------------------------------------------------------
@@ -191,8 +192,8 @@ class LipSyncPipeline:
             noise = torch.randn((1, LATENT_CHANNELS, 1, latent_hw, latent_hw), generator=generator, dtype=torch.float32)
             noise = noise * self.make_scheduler(steps, sampler).init_noise_sigma
         mask = torch.tensor(fixed_mask(resolution), dtype=torch.float64).to(self.device)  # [res,res], 1 = keep
-        cache = DeepCache(self.unet, deepcache)
-        if cache.enabled and not hasattr(self.unet, "down_blocks"):
+        cache = DeepCache(self.eager_unet, deepcache)
+        if cache.enabled and not hasattr(self.eager_unet, "down_blocks"):
             raise LatentSyncError("DeepCache needs the LatentSync U-Net (down_blocks/up_blocks); turn it off.")
 
         out = torch.empty((num_out, resolution, resolution, 3), dtype=torch.float16)
@@ -202,7 +203,7 @@ class LipSyncPipeline:
 
         chunk_rows = [todo[i:i + CHUNK_FRAMES] for i in range(0, len(todo), CHUNK_FRAMES)]
         total = len(chunk_rows) * steps
-        per_chunk = chunk_activation_bytes(_base_channels(self.unet), latent_hw, self.dtype, do_cfg)
+        per_chunk = chunk_activation_bytes(_base_channels(self.eager_unet), latent_hw, self.dtype, do_cfg)
         per_call = resolve_chunk_batch(chunk_batch, self.device, per_chunk * (2 if cache.enabled else 1),
                                        len(chunk_rows))
         finals = []
@@ -218,6 +219,8 @@ class LipSyncPipeline:
                 audio = torch.cat([_audio_rows(audio_chunks, p.rows) for p in prepared])  # [k*n,50,384]
                 audio = audio.to(self.device, self.dtype)
                 k = len(prepared)
+                # a compiled U-Net sees one shape per run: full chunks, the usual batch, no DeepCache
+                compiled = not cache.enabled and k == per_call and len(prepared[0].rows) == CHUNK_FRAMES
                 if do_cfg:  # unconditional (all-zero audio) half first
                     audio = torch.cat([torch.zeros_like(audio), audio])
                     cond = torch.cat([cond, cond])
@@ -235,7 +238,7 @@ class LipSyncPipeline:
                     model_in[:k, :LATENT_CHANNELS] = scaled
                     if do_cfg:
                         model_in[k:, :LATENT_CHANNELS] = scaled
-                    pred = self._unet(model_in, unet_t[j], audio).float()
+                    pred = self._unet(model_in, unet_t[j], audio, compiled).float()
                     if do_cfg:
                         uncond, audio_pred = pred.chunk(2)
                         pred = uncond + guidance * (audio_pred - uncond)

@@ -19,10 +19,20 @@ from .errors import LatentSyncError
 SAMPLERS = ("ddim", "dpmpp_2m")  # first: official default
 MAX_CHUNK_BATCH = 16  # most chunks "auto" puts into one U-Net call
 # Peak U-Net activation memory of one 16-frame chunk, per batch item (CFG doubles it), in units of
-# latent pixels x frames x base channels x bytes per element; measured on the meta device with
-# benchmarks/throughput.py (live tensor bytes of the full-size 1.5 U-Net, no_grad), rounded up.
+# latent pixels x frames x base channels x bytes per element: measured 27.0 on the meta device
+# (`benchmarks/throughput.py memory`: live tensor bytes of the full-size U-Net, fused attention as on
+# CUDA; the same at 256 and 512 px, bf16 and fp32; 50.6 with DeepCache's cache, which "auto" counts as
+# twice this). 40 leaves room for kernel workspaces and fragmentation; not yet checked on a GPU.
 ACTIVATION_BYTES_FACTOR = 40
 AUTO_MEMORY_SHARE = 0.7  # of the free device memory that "auto" plans to fill with activations
+
+
+def compile_unet(unet: torch.nn.Module) -> torch.nn.Module:
+    """``torch.compile`` with fixed shapes. :class:`~latentsync_core.pipeline.LipSyncPipeline` calls the
+    compiled module only for full 16-frame calls of its usual batch size and the eager one
+    (``._orig_mod``) for the short last chunk, a smaller last batch and DeepCache, so a run compiles once
+    (per batch size / CFG setting) and never per chunk."""
+    return torch.compile(unet, dynamic=False)
 
 
 def make_scheduler(name: str, config: dict, steps: int):
