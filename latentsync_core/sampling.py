@@ -27,12 +27,12 @@ ACTIVATION_BYTES_FACTOR = 40
 AUTO_MEMORY_SHARE = 0.7  # of the free device memory that "auto" plans to fill with activations
 
 
-def compile_unet(unet: torch.nn.Module) -> torch.nn.Module:
+def compile_unet(unet: torch.nn.Module, backend: str = "inductor") -> torch.nn.Module:
     """``torch.compile`` with fixed shapes. :class:`~latentsync_core.pipeline.LipSyncPipeline` calls the
     compiled module only for full 16-frame calls of its usual batch size and the eager one
     (``._orig_mod``) for the short last chunk, a smaller last batch and DeepCache, so a run compiles once
     (per batch size / CFG setting) and never per chunk."""
-    return torch.compile(unet, dynamic=False)
+    return torch.compile(unet, dynamic=False, backend=backend)
 
 
 def make_scheduler(name: str, config: dict, steps: int):
