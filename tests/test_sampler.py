@@ -206,13 +206,14 @@ def test_sampler_chunk_batch_and_sampler_inputs(nodes, small_model, comfy_vae, i
     assert optional["sampler"][0][0] == "ddim" and optional["sampler"][1]["default"] == "ddim"
     assert "not the official" in optional["sampler"][1]["tooltip"].lower()
     seen = {}
-    original = LipSyncPipeline.sync_faces
+    pack_pipeline = importlib.import_module(f"{PACK_NAME}.latentsync_core.pipeline").LipSyncPipeline
+    original = pack_pipeline.sync_faces
 
     def spy(self, *args, **kwargs):
         seen.update(kwargs)
         return original(self, *args, **kwargs)
 
-    monkeypatch.setattr(LipSyncPipeline, "sync_faces", spy)
+    monkeypatch.setattr(pack_pipeline, "sync_faces", spy)
     batched, _ = sample(nodes, small_model, comfy_vae, inputs, chunk_batch=3)
     assert seen["chunk_batch"] == 3 and seen["sampler"] == "ddim"
     assert torch.equal(batched, first_run[0])  # one chunk here: the same call
