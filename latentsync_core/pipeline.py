@@ -20,7 +20,6 @@ by :func:`latentsync_core.length.ping_pong_indices`.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -44,6 +43,7 @@ from .deepcache import DeepCache
 from .errors import FaceError, InputMismatchError, LatentSyncError
 from .face.paste import fixed_mask
 from .length import ping_pong_indices
+from .sampling import SAMPLERS, chunk_activation_bytes, group_chunks, make_scheduler, resolve_chunk_batch
 from .types import FrameAudio
 from .vae import VAE_ENCODE_MODES, LatentVae, as_latent_vae
 
@@ -78,7 +78,8 @@ class LipSyncPipeline:
 
     def __init__(self, unet: torch.nn.Module, vae, whisper=None, scheduler_config: dict | None = None,
                  aligner=None, resolution: int = RESOLUTION):
-        self.unet = unet
+        self.unet = unet  # may be compiled (compile_unet); self.eager_unet is the plain module
+        self.eager_unet = getattr(unet, "_orig_mod", unet)
         self.resolution = resolution  # face size of the aligner __call__ builds (256: 1.5, 512: 1.6)
         param = next(unet.parameters())
         self.device, self.dtype = param.device, param.dtype
@@ -88,22 +89,20 @@ class LipSyncPipeline:
         self.scheduler_config = dict(scheduler_config or DDIM_SCHEDULER_CONFIG)
 
     # -- helpers ------------------------------------------------------------------------------------
-    def make_scheduler(self, steps: int):
-        from diffusers import DDIMScheduler
+    def make_scheduler(self, steps: int, sampler: str = "ddim"):
+        """A fresh scheduler (``ddim``: official; ``dpmpp_2m``: opt-in), timesteps on the CPU."""
+        return make_scheduler(sampler, self.scheduler_config, steps)
 
-        scheduler = DDIMScheduler(**self.scheduler_config)
-        scheduler.set_timesteps(steps, device=self.device)
-        return scheduler
-
-    def draw_noise(self, generator: torch.Generator, resolution: int, steps: int = DEFAULT_STEPS) -> torch.Tensor:
+    def draw_noise(self, generator: torch.Generator, resolution: int, steps: int = DEFAULT_STEPS,
+                   sampler: str = "ddim") -> torch.Tensor:
         """The run's one noise frame float32 ``[1,4,1,h,w]`` (repeated over every frame), drawn from
         ``generator`` before anything else, as the official code does."""
         latent_hw = resolution // VAE_DOWNSCALE
         noise = torch.randn((1, LATENT_CHANNELS, 1, latent_hw, latent_hw), generator=generator, dtype=torch.float32)
-        return noise * self.make_scheduler(steps).init_noise_sigma
+        return noise * self.make_scheduler(steps, sampler).init_noise_sigma
 
-    def _unet(self, sample, t, audio):
-        out = self.unet(sample, t, encoder_hidden_states=audio)
+    def _unet(self, sample, t, audio, compiled: bool = True):
+        out = (self.unet if compiled else self.eager_unet)(sample, t, encoder_hidden_states=audio)
         return getattr(out, "sample", out)
 
     # -- the loop -----------------------------------------------------------------------------------
@@ -122,6 +121,8 @@ class LipSyncPipeline:
         initial_latents: torch.Tensor | None = None,
         vae_encode: str = "sample",
         deepcache: int = 0,
+        chunk_batch: int | str = "auto",
+        sampler: str = "ddim",
         latent_overrides: Sequence[dict] | None = None,
         return_latents: bool = False,
         progress: Callable[[int, int], None] | None = None,
@@ -143,9 +144,15 @@ class LipSyncPipeline:
                         generator goes straight to the VAE posterior samples).
         vae_encode:     "sample" (official: posterior sample with the generator) or "mean".
         deepcache:      0/1 = off, 2..5 = DeepCache interval (full U-Net pass every n-th step).
+        chunk_batch:    16-frame chunks per U-Net call (int >= 1; "auto"/0: from free CUDA memory, 1 on
+                        the CPU). Exact: each chunk keeps its own GroupNorm statistics, noise and
+                        schedule; chunks of unequal length (the short last one) run in separate calls.
+        sampler:        "ddim" (official) or "dpmpp_2m" (opt-in, faster, NOT the official result); a
+                        fresh scheduler for every U-Net batch of chunks.
         latent_overrides: per chunk, optional ``masked_image_latents`` / ``ref_latents`` ``[1,4,F,h,w]``
                         replacing the VAE encodings (reproducing a reference run exactly).
-        progress:       called with (done, total) after every U-Net step; total = chunks x steps.
+        progress:       called with (done, total) after every U-Net step; total = chunks x steps and
+                        done counts chunk-steps (a call on k chunks advances it by k).
         check_interrupt: called before every U-Net call; raise from it to stop (nothing is left
                         changed: the U-Net is unwrapped and the next run starts clean).
         """
@@ -154,6 +161,8 @@ class LipSyncPipeline:
             raise LatentSyncError(f"steps must be at least 1 (got {steps}); 20 is the official setting.")
         if not guidance >= 1.0:
             raise LatentSyncError(f"guidance must be at least 1.0 (got {guidance}); 1.5 is the official setting.")
+        if sampler not in SAMPLERS:
+            raise LatentSyncError(f"sampler must be one of {SAMPLERS}, not {sampler!r}.")
         if vae_encode not in VAE_ENCODE_MODES:
             raise LatentSyncError(f"vae_encode must be one of {VAE_ENCODE_MODES}, not {vae_encode!r}.")
         if vae_encode == "sample" and not self.vae.can_sample:
@@ -179,21 +188,20 @@ class LipSyncPipeline:
 
         generator = generator if generator is not None else torch.Generator("cpu").manual_seed(int(seed))
         latent_hw = resolution // VAE_DOWNSCALE
-        scheduler = self.make_scheduler(steps)
         do_cfg = guidance > 1.0
         if initial_latents is not None:
             # given noise is not drawn again: a run split into segments that share one generator (the
             # streaming job) then draws exactly what one run over the whole video draws
             noise = initial_latents.float()
         else:
-            noise = self.draw_noise(generator, resolution, steps)
+            noise = self.draw_noise(generator, resolution, steps, sampler)
         # [res,res] float32, 1 = keep. The official code multiplies float32 pixels by a float64 mask and
         # casts back; the mask's values are float32 numbers (256 px: 0/1; 512 px: k/255 in float32), so
         # the float64 product of two float32 numbers is exact and rounds to the same float32 as the
         # correctly rounded float32 product: bit-identical, and devices without float64 (MPS) work.
         mask = torch.tensor(fixed_mask(resolution), dtype=torch.float32).to(self.device)
-        cache = DeepCache(self.unet, deepcache)
-        if cache.enabled and not hasattr(self.unet, "down_blocks"):
+        cache = DeepCache(self.eager_unet, deepcache)
+        if cache.enabled and not hasattr(self.eager_unet, "down_blocks"):
             raise LatentSyncError("DeepCache needs the LatentSync U-Net (down_blocks/up_blocks); turn it off.")
 
         out = torch.empty((num_out, resolution, resolution, 3), dtype=torch.float16)
@@ -201,68 +209,97 @@ class LipSyncPipeline:
         if len(copy_idx):
             out[torch.from_numpy(copy_idx)] = _faces01(faces[torch.from_numpy(index[copy_idx])]).half().cpu()
 
-        num_chunks = math.ceil(len(todo) / CHUNK_FRAMES)
-        total = num_chunks * steps
+        chunk_rows = [todo[i:i + CHUNK_FRAMES] for i in range(0, len(todo), CHUNK_FRAMES)]
+        total = len(chunk_rows) * steps
+        per_chunk = chunk_activation_bytes(_base_channels(self.eager_unet), latent_hw, self.dtype, do_cfg)
+        per_call = resolve_chunk_batch(chunk_batch, self.device, per_chunk * (2 if cache.enabled else 1),
+                                       len(chunk_rows))
         finals = []
+        done = 0
         with cache.active():
-            for c in range(num_chunks):
-                rows = todo[c * CHUNK_FRAMES:(c + 1) * CHUNK_FRAMES]
-                n = len(rows)
-                chunk_faces = faces[torch.from_numpy(index[rows]).to(faces.device)].to(self.device)
-                pixels = faces_to_pixels(chunk_faces)  # float32 [n,3,res,res] in [-1,1]
-                masked = pixels * mask  # = official float32 x float64 mask, cast back (see above)
-                mask1 = mask.expand(n, 1, resolution, resolution)
-                mask_lat = F.interpolate(mask1, size=(latent_hw, latent_hw))  # nearest
-                mask_lat = mask_lat.permute(1, 0, 2, 3).unsqueeze(0).float()  # [1,1,n,h,w]
-
-                override = latent_overrides[c] if latent_overrides is not None else {}
-                masked_lat = override.get("masked_image_latents")
-                if masked_lat is None:
-                    masked_lat = _to_5d(self.vae.encode(masked, vae_encode, generator))
-                ref_lat = override.get("ref_latents")
-                if ref_lat is None:
-                    ref_lat = _to_5d(self.vae.encode(pixels, vae_encode, generator))
-                masked_lat = masked_lat.to(self.device, torch.float32)
-                ref_lat = ref_lat.to(self.device, torch.float32)
-
-                start = int(c * CHUNK_FRAMES)
-                if noise.shape[2] == 1:
-                    latents = noise.expand(-1, -1, n, -1, -1).to(self.device).clone()
-                else:
-                    latents = noise[:, :, start:start + n].to(self.device).clone()
-
-                audio = windows(rows).to(self.device, self.dtype)
-                cond = torch.cat([mask_lat, masked_lat, ref_lat], dim=1)
-                if do_cfg:
+            for group in group_chunks([len(r) for r in chunk_rows], per_call):
+                # per chunk, in chunk order: faces, mask, VAE encodes (masked then reference: the
+                # generator's draws are those of one chunk at a time) and the chunk's noise
+                prepared = [self._prepare_chunk(c, chunk_rows[c], faces, index, mask, noise, latent_hw,
+                                                vae_encode, generator, latent_overrides) for c in group]
+                latents = torch.cat([p.latents for p in prepared])  # [k,4,n,h,w]
+                cond = torch.cat([p.cond for p in prepared]).to(self.dtype)  # [k,9,n,h,w]
+                audio = torch.cat([windows(p.rows) for p in prepared])  # [k*n,50,384]
+                audio = audio.to(self.device, self.dtype)
+                k = len(prepared)
+                # a compiled U-Net sees one shape per run: full chunks, the usual batch, no DeepCache
+                compiled = not cache.enabled and k == per_call and len(prepared[0].rows) == CHUNK_FRAMES
+                if do_cfg:  # unconditional (all-zero audio) half first
                     audio = torch.cat([torch.zeros_like(audio), audio])
                     cond = torch.cat([cond, cond])
-                cond = cond.to(self.dtype)
-
-                for j, t in enumerate(scheduler.timesteps):
+                # the U-Net input is built once; each step only writes the latents into channels 0..3
+                model_in = torch.cat([torch.empty_like(cond[:, :LATENT_CHANNELS]), cond], dim=1)
+                del cond
+                scheduler = self.make_scheduler(steps, sampler)  # fresh: no sampler state crosses calls
+                step_t = [int(t) for t in scheduler.timesteps]  # host ints for the scheduler, no syncs
+                unet_t = scheduler.timesteps.to(self.device)  # device copies for the U-Net
+                for j, t in enumerate(step_t):
                     if check_interrupt is not None:
                         check_interrupt()
                     cache.step = j
-                    model_in = torch.cat([latents] * 2) if do_cfg else latents
-                    model_in = scheduler.scale_model_input(model_in, t)
-                    model_in = torch.cat([model_in.to(self.dtype), cond], dim=1)
-                    pred = self._unet(model_in, t, audio).float()
+                    scaled = scheduler.scale_model_input(latents, t).to(self.dtype)
+                    model_in[:k, :LATENT_CHANNELS] = scaled
+                    if do_cfg:
+                        model_in[k:, :LATENT_CHANNELS] = scaled
+                    pred = self._unet(model_in, unet_t[j], audio, compiled).float()
                     if do_cfg:
                         uncond, audio_pred = pred.chunk(2)
                         pred = uncond + guidance * (audio_pred - uncond)
                     latents = scheduler.step(pred, t, latents).prev_sample
+                    done += k
                     if progress is not None:
-                        progress(c * steps + j + 1, total)
+                        progress(done, total)
+                del model_in, audio, pred
 
-                if return_latents:
-                    finals.append(latents.cpu())
-                decoded = self.vae.decode(latents[0].permute(1, 0, 2, 3))  # [n,3,res,res]
-                keep = mask  # official: decoded * (1 - mask) + original * mask
-                merged = decoded * (1 - keep) + pixels * keep
-                merged = (merged / 2 + 0.5).permute(0, 2, 3, 1)  # unclamped: paste-back resizes, then clamps
-                out[torch.from_numpy(rows)] = merged.half().cpu()
-                del decoded, merged, latents, cond, audio, pixels, masked, chunk_faces
+                for i, p in enumerate(prepared):
+                    chunk_latents = latents[i:i + 1]
+                    if return_latents:
+                        finals.append(chunk_latents.cpu())
+                    decoded = self.vae.decode(chunk_latents[0].permute(1, 0, 2, 3))  # [n,3,res,res]
+                    keep = mask  # official: decoded * (1 - mask) + original * mask
+                    merged = decoded * (1 - keep) + p.pixels * keep
+                    merged = (merged / 2 + 0.5).permute(0, 2, 3, 1)  # unclamped: paste-back resizes, then clamps
+                    out[torch.from_numpy(p.rows)] = merged.half().cpu()
+                    del decoded, merged
+                del latents, prepared
 
         return SyncResult(faces=out, synced=synced, final_latents=finals)
+
+    def _prepare_chunk(self, c, rows, faces, index, mask, noise, latent_hw, vae_encode, generator,
+                       latent_overrides) -> _Chunk:
+        """One chunk's pixels, conditioning ``[1,9,n,h,w]`` (mask | masked latents | reference latents)
+        and initial latents ``[1,4,n,h,w]``; the VAE encodes draw from ``generator`` masked then ref."""
+        n = len(rows)
+        resolution = int(faces.shape[1])
+        chunk_faces = faces[torch.from_numpy(index[rows]).to(faces.device)].to(self.device)
+        pixels = faces_to_pixels(chunk_faces)  # float32 [n,3,res,res] in [-1,1]
+        masked = pixels * mask  # = official float32 x float64 mask, cast back (see sync_faces)
+        mask1 = mask.expand(n, 1, resolution, resolution)
+        mask_lat = F.interpolate(mask1, size=(latent_hw, latent_hw))  # nearest
+        mask_lat = mask_lat.permute(1, 0, 2, 3).unsqueeze(0).float()  # [1,1,n,h,w]
+
+        override = latent_overrides[c] if latent_overrides is not None else {}
+        masked_lat = override.get("masked_image_latents")
+        if masked_lat is None:
+            masked_lat = _to_5d(self.vae.encode(masked, vae_encode, generator))
+        ref_lat = override.get("ref_latents")
+        if ref_lat is None:
+            ref_lat = _to_5d(self.vae.encode(pixels, vae_encode, generator))
+        masked_lat = masked_lat.to(self.device, torch.float32)
+        ref_lat = ref_lat.to(self.device, torch.float32)
+
+        start = int(c * CHUNK_FRAMES)
+        if noise.shape[2] == 1:
+            latents = noise.expand(-1, -1, n, -1, -1).to(self.device).clone()
+        else:
+            latents = noise[:, :, start:start + n].to(self.device).clone()
+        cond = torch.cat([mask_lat, masked_lat, ref_lat], dim=1)
+        return _Chunk(rows=rows, pixels=pixels, cond=cond, latents=latents)
 
     # -- the whole job ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -302,6 +339,24 @@ def _audio_windows(audio) -> Callable[[np.ndarray], torch.Tensor]:
             f"Audio windows must be [N,{AUDIO_TOKENS_PER_FRAME},{AUDIO_EMBED_DIM}], got {tuple(audio.shape)}."
         )
     return lambda rows: audio[torch.from_numpy(np.asarray(rows, dtype=np.int64))]
+
+
+@dataclass
+class _Chunk:
+    """One chunk ready for the U-Net: output rows, pixels ``[n,3,res,res]`` in [-1,1], conditioning
+    ``[1,9,n,h,w]`` float32 and initial latents ``[1,4,n,h,w]`` float32 (all on the run's device)."""
+
+    rows: np.ndarray
+    pixels: torch.Tensor
+    cond: torch.Tensor
+    latents: torch.Tensor
+
+
+def _base_channels(unet: torch.nn.Module) -> int:
+    """Width of the U-Net's first block (320 for LatentSync); 320 when the module does not say."""
+    config = getattr(unet, "config", None)
+    channels = getattr(config, "block_out_channels", None)
+    return int(channels[0]) if channels else 320
 
 
 def _faces01(faces: torch.Tensor) -> torch.Tensor:

@@ -71,6 +71,8 @@ class StreamSettings:
     vae_encode: ``"auto"`` (the VAE posterior sampled with the run's generator where the VAE allows it,
     as the official code; ComfyUI's VAE only gives the mean), ``"sample"`` or ``"mean"``.
     paste: ``"auto"`` (batched torch/kornia on a GPU, OpenCV reference on the CPU), ``"reference"``, ``"fast"``.
+    sampler / chunk_batch: as :meth:`LipSyncPipeline.sync_faces` (``"ddim"``: official; chunks per U-Net
+    call, 0/"auto" from free device memory); chunks are batched within a segment.
     """
 
     steps: int = DEFAULT_STEPS
@@ -84,6 +86,8 @@ class StreamSettings:
     paste: str = "auto"
     crf: int = DEFAULT_CRF
     segment_frames: int = SEGMENT_FRAMES
+    sampler: str = "ddim"
+    chunk_batch: int | str = "auto"
 
     def __post_init__(self):
         if self.segment_frames < CHUNK_FRAMES or self.segment_frames % CHUNK_FRAMES:
@@ -251,7 +255,7 @@ def lip_sync_video(
         fast = settings.paste == "fast" or (settings.paste == "auto" and pipeline.device.type != "cpu")
         # one generator for the whole job: the noise frame is drawn first, then every chunk's VAE samples
         generator = torch.Generator("cpu").manual_seed(int(settings.seed))
-        noise = pipeline.draw_noise(generator, res, settings.steps)
+        noise = pipeline.draw_noise(generator, res, settings.steps, settings.sampler)
         audio_track = (samples[:, : math.ceil(num_out / fps * rate)].numpy(), rate)
 
         with VideoWriter(out, info.width, info.height, info.fps, audio=audio_track, crf=settings.crf) as writer:
@@ -274,6 +278,8 @@ def lip_sync_video(
                         initial_latents=noise,
                         vae_encode=vae_encode,
                         deepcache=settings.deepcache,
+                        sampler=settings.sampler,
+                        chunk_batch=settings.chunk_batch,
                         progress=lambda d, _t, a=a, b=b, n=steps_total: report(
                             "lip sync", info.num_frames + a + (b - a) * d // max(n, 1) - 1
                         ),

@@ -19,7 +19,7 @@ from ..latentsync_core.stream import StreamSettings, lip_sync_video
 from ..latentsync_core.vae import as_latent_vae
 from . import comfy_bridge as bridge
 from .face import FACE_CHOICES, _task_path
-from .sampler import DEEPCACHE_CHOICES
+from .sampler import DEEPCACHE_CHOICES, LatentSyncSampler
 from .types import CATEGORY, LATENTSYNC_MODEL, LATENTSYNC_WHISPER
 
 logger = logging.getLogger(__name__)
@@ -64,6 +64,8 @@ class LatentSyncLipSyncVideo:
                 "audio_mode": (list(MODES), {"default": MODES[0], "tooltip": "seamless: no glitch every 30 s on long clips (identical to official up to 30 s); official: independent 30 s windows, as the reference code."}),
             },
             "optional": {
+                **{name: spec for name, spec in LatentSyncSampler.INPUT_TYPES()["optional"].items()
+                   if name in ("chunk_batch", "sampler")},
                 "video": ("VIDEO", {"tooltip": "The video with the face (core Load Video). Leave unconnected to use video_path."}),
                 "video_path": ("STRING", {"default": "", "tooltip": "Instead of a VIDEO: a video file path (absolute, or a file in ComfyUI's input folder), e.g. from VideoHelperSuite's path loaders."}),
             },
@@ -72,12 +74,13 @@ class LatentSyncLipSyncVideo:
 
     def lip_sync(self, audio, model, vae, whisper, seed=DEFAULT_SEED, steps=DEFAULT_STEPS, guidance=DEFAULT_GUIDANCE,
                  deepcache="off", face="largest", face_index=0, max_gap_frames=MAX_FACE_GAP, audio_mode=MODES[0],
-                 video=None, video_path="", unique_id=None):
+                 video=None, video_path="", chunk_batch=0, sampler="ddim", unique_id=None):
         waveform, rate = comfy_audio_parts(audio)
         settings = StreamSettings(
             steps=int(steps), guidance=float(guidance), seed=int(seed),
             deepcache=0 if deepcache == "off" else int(deepcache),
             face="largest" if face == "largest" else int(face_index), max_gap=int(max_gap_frames), audio_mode=audio_mode,
+            chunk_batch=int(chunk_batch), sampler=sampler,
         )  # fmt: skip
         folder = os.path.join(bridge.temp_directory(), OUTPUT_SUBFOLDER)
         out = os.path.join(folder, f"LatentSync_{uuid.uuid4().hex[:12]}.mp4")

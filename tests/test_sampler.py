@@ -273,3 +273,32 @@ def test_model_patcher_wraps_the_unet_for_comfyui(small_model):
     assert len(mm.current_loaded_models) == count - 1
     mm.unload_all_models()
     assert mm.current_loaded_models == []
+
+
+def test_sampler_chunk_batch_and_sampler_inputs(nodes, small_model, comfy_vae, inputs, first_run, monkeypatch):
+    optional = nodes[1].INPUT_TYPES()["optional"]
+    assert optional["chunk_batch"][1]["default"] == 0  # auto
+    assert optional["sampler"][0][0] == "ddim" and optional["sampler"][1]["default"] == "ddim"
+    assert "not the official" in optional["sampler"][1]["tooltip"].lower()
+    seen = {}
+    pack_pipeline = importlib.import_module(f"{PACK_NAME}.latentsync_core.pipeline").LipSyncPipeline
+    original = pack_pipeline.sync_faces
+
+    def spy(self, *args, **kwargs):
+        seen.update(kwargs)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pack_pipeline, "sync_faces", spy)
+    batched, _ = sample(nodes, small_model, comfy_vae, inputs, chunk_batch=3)
+    assert seen["chunk_batch"] == 3 and seen["sampler"] == "ddim"
+    assert torch.equal(batched, first_run[0])  # one chunk here: the same call
+    fast, _ = sample(nodes, small_model, comfy_vae, inputs, sampler="dpmpp_2m")
+    assert seen["sampler"] == "dpmpp_2m" and not torch.equal(fast, first_run[0])
+
+
+def test_loader_compile_option(nodes, unet_file):
+    assert nodes[0].INPUT_TYPES()["optional"]["compile"][1]["default"] == "off"
+    (compiled,) = nodes[0]().load(unet_file, "auto", "auto", compile="torch.compile")
+    assert hasattr(compiled.unet, "_orig_mod") and compiled.unet._orig_mod.down_blocks is not None
+    (plain,) = nodes[0]().load(unet_file, "auto", "auto")
+    assert not hasattr(plain.unet, "_orig_mod")
