@@ -58,7 +58,7 @@ def faces_to_pixels(faces: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class SyncResult:
-    """faces: float16 ``[N,res,res,3]`` on the CPU, 0..1 units but not clamped (the decoder can overshoot), index-aligned with the (length-matched)
+    """faces: ``out_dtype`` (float16 by default) ``[N,res,res,3]`` on the CPU, 0..1 units but not clamped (the decoder can overshoot), index-aligned with the (length-matched)
     input; synced: bool ``[N]`` which of them went through the model; final_latents: per chunk
     ``[1,4,F,h,w]`` float32 (CPU), only when asked for."""
 
@@ -125,6 +125,7 @@ class LipSyncPipeline:
         sampler: str = "ddim",
         latent_overrides: Sequence[dict] | None = None,
         return_latents: bool = False,
+        out_dtype: torch.dtype = torch.float16,
         progress: Callable[[int, int], None] | None = None,
         check_interrupt: Callable[[], None] | None = None,
     ) -> SyncResult:
@@ -151,6 +152,8 @@ class LipSyncPipeline:
                         fresh scheduler for every U-Net batch of chunks.
         latent_overrides: per chunk, optional ``masked_image_latents`` / ``ref_latents`` ``[1,4,F,h,w]``
                         replacing the VAE encodings (reproducing a reference run exactly).
+        out_dtype:      dtype of the returned faces (float16: half the host memory; float32: what a
+                        ComfyUI IMAGE holds, so the node returns it without another copy).
         progress:       called with (done, total) after every U-Net step; total = chunks x steps and
                         done counts chunk-steps (a call on k chunks advances it by k).
         check_interrupt: called before every U-Net call; raise from it to stop (nothing is left
@@ -204,10 +207,10 @@ class LipSyncPipeline:
         if cache.enabled and not hasattr(self.eager_unet, "down_blocks"):
             raise LatentSyncError("DeepCache needs the LatentSync U-Net (down_blocks/up_blocks); turn it off.")
 
-        out = torch.empty((num_out, resolution, resolution, 3), dtype=torch.float16)
+        out = torch.empty((num_out, resolution, resolution, 3), dtype=out_dtype)
         copy_idx = np.flatnonzero(~synced)
         if len(copy_idx):
-            out[torch.from_numpy(copy_idx)] = _faces01(faces[torch.from_numpy(index[copy_idx])]).half().cpu()
+            out[torch.from_numpy(copy_idx)] = _faces01(faces[torch.from_numpy(index[copy_idx])]).to(out_dtype).cpu()
 
         chunk_rows = [todo[i:i + CHUNK_FRAMES] for i in range(0, len(todo), CHUNK_FRAMES)]
         total = len(chunk_rows) * steps
@@ -264,7 +267,7 @@ class LipSyncPipeline:
                     keep = mask  # official: decoded * (1 - mask) + original * mask
                     merged = decoded * (1 - keep) + p.pixels * keep
                     merged = (merged / 2 + 0.5).permute(0, 2, 3, 1)  # unclamped: paste-back resizes, then clamps
-                    out[torch.from_numpy(p.rows)] = merged.half().cpu()
+                    out[torch.from_numpy(p.rows)] = merged.to(out_dtype).cpu()
                     del decoded, merged
                 del latents, prepared
 

@@ -109,6 +109,7 @@ class LatentSyncSampler:
                 chunk_batch=int(chunk_batch), sampler=sampler,
                 progress=lambda done, total: bar.update_absolute(done, total),
                 check_interrupt=bridge.check_interrupted,
+                out_dtype=torch.float32,  # the IMAGE itself: no second copy of all faces
             )
         # not clamped: values a little outside 0..1 where the VAE overshoots, as the official pipeline
         # hands them to the paste-back (which resizes first and clamps after); previews clip them

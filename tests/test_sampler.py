@@ -302,3 +302,18 @@ def test_loader_compile_option(nodes, unet_file):
     assert hasattr(compiled.unet, "_orig_mod") and compiled.unet._orig_mod.down_blocks is not None
     (plain,) = nodes[0]().load(unet_file, "auto", "auto")
     assert not hasattr(plain.unet, "_orig_mod")
+
+
+def test_sampler_returns_the_pipeline_output_without_a_copy(nodes, small_model, comfy_vae, inputs, monkeypatch):
+    """The IMAGE path adds no float copy of the whole output: the faces sync_faces fills are the IMAGE."""
+    results = []
+    pack_pipeline = importlib.import_module(f"{PACK_NAME}.latentsync_core.pipeline").LipSyncPipeline
+    original = pack_pipeline.sync_faces
+
+    def spy(self, *args, **kwargs):
+        results.append(original(self, *args, **kwargs))
+        return results[-1]
+
+    monkeypatch.setattr(pack_pipeline, "sync_faces", spy)
+    out, _ = sample(nodes, small_model, comfy_vae, inputs)
+    assert results[0].faces.dtype == torch.float32 and out.data_ptr() == results[0].faces.data_ptr()
