@@ -18,9 +18,10 @@ from ..latentsync_core.errors import LatentSyncError
 from ..latentsync_core.stream import StreamSettings, lip_sync_video
 from ..latentsync_core.vae import as_latent_vae
 from . import comfy_bridge as bridge
-from .face import FACE_CHOICES, _task_path
-from .sampler import DEEPCACHE_CHOICES, LatentSyncSampler
-from .types import CATEGORY, LATENTSYNC_MODEL, LATENTSYNC_WHISPER
+from .audio import LatentSyncWhisperEmbedding
+from .face import LatentSyncFaceCropAlign, _task_path
+from .sampler import LatentSyncSampler
+from .types import CATEGORY, LATENTSYNC_WHISPER
 
 logger = logging.getLogger(__name__)
 
@@ -48,24 +49,21 @@ class LatentSyncLipSyncVideo:
 
     @classmethod
     def INPUT_TYPES(cls):
+        # the settings are the other nodes' own widgets (same names, ranges and tooltips)
+        sampler = LatentSyncSampler.INPUT_TYPES()
+        align = LatentSyncFaceCropAlign.INPUT_TYPES()["required"]
         return {
             "required": {
                 "audio": ("AUDIO", {"tooltip": "The new speech (any rate and channels). Its length decides the output length: a shorter video is played back and forth, a longer one is cut."}),
-                "model": (LATENTSYNC_MODEL, {"tooltip": "From LatentSync Model Loader."}),
-                "vae": ("VAE", {"tooltip": "Stable Diffusion VAE from ComfyUI's Load VAE: sd-vae-ft-mse (vae-ft-mse-840000-ema-pruned.safetensors)."}),
+                "model": sampler["required"]["model"],
+                "vae": sampler["required"]["vae"],
                 "whisper": (LATENTSYNC_WHISPER, {"tooltip": "From LatentSync Whisper Loader."}),
-                "seed": ("INT", {"default": DEFAULT_SEED, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "tooltip": "Noise seed: the same seed gives the same frames."}),
-                "steps": ("INT", {"default": DEFAULT_STEPS, "min": 1, "max": 200, "tooltip": "DDIM steps per 16-frame chunk (official: 20)."}),
-                "guidance": ("FLOAT", {"default": DEFAULT_GUIDANCE, "min": 1.0, "max": 10.0, "step": 0.1, "tooltip": "Audio guidance scale (official: 1.5; 1.0 = no unconditional pass, faster, weaker lip sync)."}),
-                "deepcache": (DEEPCACHE_CHOICES, {"default": "off", "tooltip": "DeepCache: run the full U-Net only every n-th step (faster, slightly different; the official --enable_deepcache uses 3)."}),
-                "face": (FACE_CHOICES, {"default": "largest", "tooltip": "Which face to use when there are several: the largest, or the one at face_index counting from the left."}),
-                "face_index": ("INT", {"default": 0, "min": 0, "max": 63, "tooltip": "With 'index from left': 0 = leftmost face, 1 = the next one, ..."}),
-                "max_gap_frames": ("INT", {"default": MAX_FACE_GAP, "min": 0, "max": 1000, "tooltip": "Runs of up to this many frames without a detected face are filled in from the neighbouring frames; longer runs are left untouched."}),
-                "audio_mode": (list(MODES), {"default": MODES[0], "tooltip": "seamless: no glitch every 30 s on long clips (identical to official up to 30 s); official: independent 30 s windows, as the reference code."}),
+                **{name: sampler["required"][name] for name in ("seed", "steps", "guidance", "deepcache")},
+                **{name: align[name] for name in ("face", "face_index", "max_gap_frames")},
+                "audio_mode": LatentSyncWhisperEmbedding.INPUT_TYPES()["optional"]["mode"],
             },
             "optional": {
-                **{name: spec for name, spec in LatentSyncSampler.INPUT_TYPES()["optional"].items()
-                   if name in ("chunk_batch", "sampler")},
+                **{name: sampler["optional"][name] for name in ("chunk_batch", "sampler")},
                 "video": ("VIDEO", {"tooltip": "The video with the face (core Load Video). Leave unconnected to use video_path."}),
                 "video_path": ("STRING", {"default": "", "tooltip": "Instead of a VIDEO: a video file path (absolute, or a file in ComfyUI's input folder), e.g. from VideoHelperSuite's path loaders."}),
             },
