@@ -57,7 +57,7 @@ def test_sampler_then_paste_back_nodes_match_official_output(pack, golden, monke
     audio = types_mod.FrameAudio.from_windows(frame_audio_chunks(torch.from_numpy(golden["features"]), 32, fps=25.0)[:n], fps=25.0)
 
     sampler = pack.NODE_CLASS_MAPPINGS["LatentSyncSampler"]()
-    synced, out_track = sampler.sample(model, vae, faces, track, audio, seed=1247, steps=3, guidance=1.5)
+    synced, out_track = sampler.sample(model, vae, faces, track, audio, seed=1247, steps=3, guidance=1.5)["result"]
     assert synced.shape == (n, 256, 256, 3) and out_track.frame_index.tolist() == list(range(n))
     assert synced.min() < 0 or synced.max() > 1  # the tiny VAE overshoots: clamping here would show
 
