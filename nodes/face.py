@@ -11,6 +11,7 @@ from ..latentsync_core.constants import MAX_FACE_GAP, RESOLUTION, SUPPORTED_RESO
 from ..latentsync_core.errors import InputMismatchError
 from ..latentsync_core.face import FaceAligner, fixed_mask, iter_patches
 from ..latentsync_core.face.landmarks import legacy_face_mesh_available, tasks_available
+from ..latentsync_core.face.preview import draw_previews
 from ..latentsync_core.face.task_file import resolve_task_file
 from ..latentsync_core.types import FaceTrack
 from . import comfy_bridge as bridge
@@ -229,4 +230,45 @@ def _check_inputs(images, faces, track) -> None:
         )
 
 
-NODE_CLASSES: list[type] = [LatentSyncFaceCropAlign, LatentSyncPasteBack]
+class LatentSyncFacePreview:
+    NODE_ID = "LatentSyncFacePreview"
+    DISPLAY_NAME = "LatentSync Face Preview"
+    CATEGORY = f"{CATEGORY}/face"
+    FUNCTION = "preview"
+    DESCRIPTION = (
+        "Diagnostics: draws on every frame the 68 face landmarks, the three alignment points, the outline of "
+        "the aligned crop and the outline of the regenerated mouth, so you see at once why a clip looks wrong "
+        "(a wrong face picked, a crop that jitters, a mouth region off the lips). Only runs when connected."
+    )
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("preview",)
+    OUTPUT_TOOLTIPS = ("One annotated frame per face-track entry (downscaled to max_size): connect Preview Image.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "The video frames given to Face Crop & Align."}),
+                "face_track": (LATENTSYNC_FACES, {"tooltip": "The face track from Face Crop & Align (or the sampler's, to follow its looped order)."}),
+                "max_size": ("INT", {"default": 512, "min": 0, "max": 8192, "step": 64, "tooltip": "Longest side of the preview frames in pixels (smaller = cheaper); 0 = full size."}),
+            }
+        }  # fmt: skip
+
+    def preview(self, images, face_track: FaceTrack, max_size=512):
+        if not all(hasattr(face_track, name) for name in ("affines", "landmarks", "frame_index", "frame_size")):
+            raise InputMismatchError("face_track must come from LatentSync Face Crop & Align (or the LatentSync Sampler)")
+        if tuple(images.shape[1:3]) != tuple(face_track.frame_size):
+            raise InputMismatchError(
+                f"the images are {images.shape[2]}x{images.shape[1]} but the faces were aligned on "
+                f"{face_track.frame_size[1]}x{face_track.frame_size[0]} frames: connect the same video to both nodes."
+            )
+        if len(face_track) and int(np.max(face_track.frame_index)) >= len(images):
+            raise InputMismatchError(
+                f"the face track refers to frame {int(np.max(face_track.frame_index))} but only {len(images)} "
+                "images are connected: connect the same video that went into Face Crop & Align."
+            )
+        out = draw_previews(_Uint8Frames(images), face_track, max_size=int(max_size) or None)
+        return (torch.from_numpy(out).float().div_(255.0),)
+
+
+NODE_CLASSES: list[type] = [LatentSyncFaceCropAlign, LatentSyncPasteBack, LatentSyncFacePreview]

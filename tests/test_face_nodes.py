@@ -206,3 +206,21 @@ def test_task_file_lookup_for_new_mediapipe(pack, monkeypatch, comfy_base):
         (folder / "face_landmarker.task").unlink()
     monkeypatch.setattr(face_nodes, "legacy_face_mesh_available", lambda: True)
     assert face_nodes._task_path() is None  # legacy face mesh: no file needed
+
+
+def test_face_preview_node(pack, video):
+    _, _, track = run_align(pack, video)["result"]
+    node = pack.NODE_CLASS_MAPPINGS["LatentSyncFacePreview"]()
+    (small,) = node.preview(video, track, 320)
+    assert small.shape == (6, 240, 320, 3) and small.dtype == torch.float32
+    (full,) = node.preview(video, track, 0)
+    assert full.shape == (6, 480, 640, 3)
+    drawn = (full != video).any(-1)
+    assert drawn[0].any() and drawn[3].any()  # face frames: landmarks and outlines drawn
+    assert drawn[4, :100].any() and not drawn[4, 100:].any()  # no face: only the label, top left
+    assert drawn[0, 100:].sum() > drawn[4].sum()  # landmarks and outlines below the label area
+    looped = track.take([5, 0])
+    (both,) = node.preview(video, looped, 0)
+    torch.testing.assert_close(both[1], full[0], rtol=0, atol=0)  # follows the track's frame index
+    with pytest.raises(core(pack, "errors").InputMismatchError, match="only 3 images"):
+        node.preview(video[:3], track, 512)
