@@ -52,6 +52,9 @@ class UsageError(LatentSyncError):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .audio.silence import DEFAULT_SILENCE_DB, DEFAULT_SILENCE_MS
+    from .face.paste import BLEND_MODES as BLENDS
+
     p = argparse.ArgumentParser(
         prog="python -m latentsync_core",
         description="LatentSync lip sync: re-render the mouth of a talking-face video to follow a new speech track.",
@@ -82,6 +85,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk-batch", type=int, default=0,
                    help="16-frame chunks per U-Net call (same result, faster on a GPU); 0: auto from free GPU memory")
     p.add_argument("--face", default="largest", help="which face: 'largest' or its index from the left (0-based)")
+    p.add_argument("--blend", choices=BLENDS, default="face",
+                   help="face: the official blend of the whole face crop; mouth: only the regenerated mouth "
+                        "changes, every other pixel stays the input")
+    p.add_argument("--mask-grow", type=int, default=0, help="grow (+) / shrink (-) the blend region, frame pixels")
+    p.add_argument("--feather", type=int, default=-1, help="soft edge width in frame pixels; -1: official (crop/20)")
+    p.add_argument("--silence", choices=["sync", "keep"], default="sync",
+                   help="sync: every frame is regenerated (official); keep: frames in silent pauses stay the input")
+    p.add_argument("--silence-db", type=float, default=DEFAULT_SILENCE_DB,
+                   help="--silence keep: RMS level (dBFS) under which audio counts as silence")
+    p.add_argument("--silence-ms", type=int, default=DEFAULT_SILENCE_MS,
+                   help="--silence keep: shortest pause (ms) that counts")
     p.add_argument(
         "--crf", type=int, default=DEFAULT_CRF, help=f"x264 quality 0-{MAX_CRF} (lower = better; 18 visually lossless)"
     )
@@ -256,7 +270,9 @@ def run(args) -> str:
     face = args.face if args.face == "largest" else int(args.face)
     settings = StreamSettings(
         steps=args.steps, guidance=args.guidance, seed=args.seed, deepcache=args.deepcache, face=face, crf=args.crf,
-        sampler=args.sampler, chunk_batch=args.chunk_batch,
+        sampler=args.sampler, chunk_batch=args.chunk_batch, blend=args.blend, mask_grow=args.mask_grow,
+        feather=None if args.feather < 0 else args.feather, silence=args.silence == "keep",
+        silence_db=args.silence_db, silence_ms=args.silence_ms,
     )
     check_output_path(args.out, inputs=[args.video, args.audio])  # also when run() is called without main()
     probe_video(args.video)  # a clear error before any model loads

@@ -42,6 +42,7 @@ from .constants import (
 from .deepcache import DeepCache
 from .errors import FaceError, InputMismatchError, LatentSyncError
 from .face.paste import fixed_mask
+from .finite import check_finite
 from .length import ping_pong_indices
 from .sampling import SAMPLERS, chunk_activation_bytes, group_chunks, make_scheduler, resolve_chunk_batch
 from .types import FrameAudio
@@ -114,6 +115,7 @@ class LipSyncPipeline:
         *,
         source_index: Sequence[int] | np.ndarray | None = None,
         found: Sequence[bool] | np.ndarray | None = None,
+        skip: Sequence[bool] | np.ndarray | None = None,
         steps: int = DEFAULT_STEPS,
         guidance: float = DEFAULT_GUIDANCE,
         seed: int = DEFAULT_SEED,
@@ -138,6 +140,8 @@ class LipSyncPipeline:
                         :func:`ping_pong_indices`); faces are gathered per chunk, never all at once.
         found:          bool ``[V]`` per input face; False = no face: not sent through the model, the
                         output is the input face.
+        skip:           optional bool ``[N]`` per OUTPUT frame; True = not sent through the model, the
+                        output is the input face (e.g. silent frames: ``audio.silent_frames``).
         steps/guidance: DDIM steps (>= 1) and CFG scale (>= 1; 1 = no unconditional pass).
         seed/generator: the run's randomness (a CPU generator; noise is identical on every device).
         initial_latents: ``[1,4,1,h,w]`` (repeated) or ``[1,4,N',h,w]`` with N' >= number of synced
@@ -185,9 +189,14 @@ class LipSyncPipeline:
         if len(found_in) != len(faces):
             raise InputMismatchError(f"found has {len(found_in)} entries for {len(faces)} faces.")
         synced = found_in[index]
-        todo = np.flatnonzero(synced)  # output frames that go through the model
-        if len(todo) == 0:
+        if not synced.any():
             raise FaceError("No face was found in any frame: use a video where a face is visible.")
+        if skip is not None:
+            skip = np.asarray(skip, dtype=bool)
+            if skip.shape != (num_out,):
+                raise InputMismatchError(f"skip must hold {num_out} flags (one per output frame), got {skip.shape}.")
+            synced &= ~skip
+        todo = np.flatnonzero(synced)  # output frames that go through the model
 
         generator = generator if generator is not None else torch.Generator("cpu").manual_seed(int(seed))
         latent_hw = resolution // VAE_DOWNSCALE
@@ -213,6 +222,8 @@ class LipSyncPipeline:
             out[torch.from_numpy(copy_idx)] = _faces01(faces[torch.from_numpy(index[copy_idx])]).to(out_dtype).cpu()
 
         chunk_rows = [todo[i:i + CHUNK_FRAMES] for i in range(0, len(todo), CHUNK_FRAMES)]
+        if not chunk_rows:  # every face frame skipped (silence): nothing goes through the model
+            return SyncResult(faces=out, synced=synced, final_latents=[])
         total = len(chunk_rows) * steps
         per_chunk = chunk_activation_bytes(_base_channels(self.eager_unet), latent_hw, self.dtype, do_cfg)
         per_call = resolve_chunk_batch(chunk_batch, self.device, per_chunk * (2 if cache.enabled else 1),
@@ -224,7 +235,8 @@ class LipSyncPipeline:
                 # per chunk, in chunk order: faces, mask, VAE encodes (masked then reference: the
                 # generator's draws are those of one chunk at a time) and the chunk's noise
                 prepared = [self._prepare_chunk(c, chunk_rows[c], faces, index, mask, noise, latent_hw,
-                                                vae_encode, generator, latent_overrides) for c in group]
+                                                vae_encode, generator, latent_overrides, len(chunk_rows))
+                            for c in group]
                 latents = torch.cat([p.latents for p in prepared])  # [k,4,n,h,w]
                 cond = torch.cat([p.cond for p in prepared]).to(self.dtype)  # [k,9,n,h,w]
                 audio = torch.cat([windows(p.rows) for p in prepared])  # [k*n,50,384]
@@ -260,10 +272,11 @@ class LipSyncPipeline:
                 del model_in, audio, pred
 
                 for i, p in enumerate(prepared):
-                    chunk_latents = latents[i:i + 1]
+                    chunk_latents = check_finite(latents[i:i + 1], "unet", p.where)
                     if return_latents:
                         finals.append(chunk_latents.cpu())
-                    decoded = self.vae.decode(chunk_latents[0].permute(1, 0, 2, 3))  # [n,3,res,res]
+                    decoded = check_finite(self.vae.decode(chunk_latents[0].permute(1, 0, 2, 3)),  # [n,3,res,res]
+                                           "vae_decode", p.where)
                     keep = mask  # official: decoded * (1 - mask) + original * mask
                     merged = decoded * (1 - keep) + p.pixels * keep
                     merged = (merged / 2 + 0.5).permute(0, 2, 3, 1)  # unclamped: paste-back resizes, then clamps
@@ -274,7 +287,7 @@ class LipSyncPipeline:
         return SyncResult(faces=out, synced=synced, final_latents=finals)
 
     def _prepare_chunk(self, c, rows, faces, index, mask, noise, latent_hw, vae_encode, generator,
-                       latent_overrides) -> _Chunk:
+                       latent_overrides, num_chunks=1) -> _Chunk:
         """One chunk's pixels, conditioning ``[1,9,n,h,w]`` (mask | masked latents | reference latents)
         and initial latents ``[1,4,n,h,w]``; the VAE encodes draw from ``generator`` masked then ref."""
         n = len(rows)
@@ -286,13 +299,14 @@ class LipSyncPipeline:
         mask_lat = F.interpolate(mask1, size=(latent_hw, latent_hw))  # nearest
         mask_lat = mask_lat.permute(1, 0, 2, 3).unsqueeze(0).float()  # [1,1,n,h,w]
 
+        where = _where(c, num_chunks, rows)
         override = latent_overrides[c] if latent_overrides is not None else {}
         masked_lat = override.get("masked_image_latents")
         if masked_lat is None:
-            masked_lat = _to_5d(self.vae.encode(masked, vae_encode, generator))
+            masked_lat = _to_5d(check_finite(self.vae.encode(masked, vae_encode, generator), "vae_encode", where))
         ref_lat = override.get("ref_latents")
         if ref_lat is None:
-            ref_lat = _to_5d(self.vae.encode(pixels, vae_encode, generator))
+            ref_lat = _to_5d(check_finite(self.vae.encode(pixels, vae_encode, generator), "vae_encode", where))
         masked_lat = masked_lat.to(self.device, torch.float32)
         ref_lat = ref_lat.to(self.device, torch.float32)
 
@@ -302,7 +316,7 @@ class LipSyncPipeline:
         else:
             latents = noise[:, :, start:start + n].to(self.device).clone()
         cond = torch.cat([mask_lat, masked_lat, ref_lat], dim=1)
-        return _Chunk(rows=rows, pixels=pixels, cond=cond, latents=latents)
+        return _Chunk(rows=rows, pixels=pixels, cond=cond, latents=latents, where=where)
 
     # -- the whole job ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -353,6 +367,12 @@ class _Chunk:
     pixels: torch.Tensor
     cond: torch.Tensor
     latents: torch.Tensor
+    where: str = ""  # "chunk c/C, output frames a-b" for error messages
+
+
+def _where(c: int, num_chunks: int, rows: np.ndarray) -> str:
+    """``"chunk c+1/C, output frames a-b"``: chunk ``c`` holding output ``rows`` (for error messages)."""
+    return f"chunk {c + 1}/{num_chunks}, output frames {int(rows[0])}-{int(rows[-1])}"
 
 
 def _base_channels(unet: torch.nn.Module) -> int:

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .audio.silence import DEFAULT_SILENCE_DB, DEFAULT_SILENCE_MS, silent_frames
 from .constants import (
     CHUNK_FRAMES,
     DEFAULT_GUIDANCE,
@@ -73,6 +74,10 @@ class StreamSettings:
     paste: ``"auto"`` (batched torch/kornia on a GPU, OpenCV reference on the CPU), ``"reference"``, ``"fast"``.
     sampler / chunk_batch: as :meth:`LipSyncPipeline.sync_faces` (``"ddim"``: official; chunks per U-Net
     call, 0/"auto" from free device memory); chunks are batched within a segment.
+    blend / mask_grow / feather: as :func:`~latentsync_core.face.paste_back` (``"face"``, 0, None: official).
+    silence: True = frames whose audio window is silent (under ``silence_db`` dBFS for at least
+    ``silence_ms``, :func:`~latentsync_core.audio.silence.silent_frames`) are not synced: written as the
+    input frame, like frames without a face (False: official, every frame is synced).
     """
 
     steps: int = DEFAULT_STEPS
@@ -88,8 +93,17 @@ class StreamSettings:
     segment_frames: int = SEGMENT_FRAMES
     sampler: str = "ddim"
     chunk_batch: int | str = "auto"
+    blend: str = "face"
+    mask_grow: int = 0
+    feather: int | None = None
+    silence: bool = False
+    silence_db: float = DEFAULT_SILENCE_DB
+    silence_ms: int = DEFAULT_SILENCE_MS
 
     def __post_init__(self):
+        from .face.paste import check_blend_options
+
+        check_blend_options(self.blend, self.mask_grow, self.feather)
         if self.segment_frames < CHUNK_FRAMES or self.segment_frames % CHUNK_FRAMES:
             raise ValueError(f"segment_frames must be a positive multiple of {CHUNK_FRAMES}, got {self.segment_frames}")
         if self.paste not in PASTE_METHODS:
@@ -248,6 +262,11 @@ def lip_sync_video(
 
         index = ping_pong_indices(info.num_frames, num_out)  # output frame -> video frame
         synced = plan.found[index]
+        if settings.silence:  # before plan_segments: segments still hold whole chunks of synced frames
+            quiet = silent_frames(frame_audio.waveform, num_out, fps, threshold_db=settings.silence_db,
+                                  min_duration_ms=settings.silence_ms)
+            log.info("silence: %d of %d frames kept as the input", int((synced & quiet).sum()), num_out)
+            synced = synced & ~quiet
         pipeline = LipSyncPipeline(unet, vae)
         vae_encode = settings.vae_encode
         if vae_encode == "auto":
@@ -288,7 +307,7 @@ def lip_sync_video(
                 del faces
                 _paste_and_write(
                     writer, reader, rows, index, synced, result, plan.affines, held, fast, pipeline.device,
-                    check_interrupt,
+                    check_interrupt, settings,
                 )
                 report("lip sync", info.num_frames + b)
                 del held, result
@@ -339,7 +358,8 @@ def _gather(reader, src, synced, affines, res, hold, check_interrupt):
     return held, faces
 
 
-def _paste_and_write(writer, reader, rows, index, synced, result, affines, held, fast, device, check_interrupt):
+def _paste_and_write(writer, reader, rows, index, synced, result, affines, held, fast, device, check_interrupt,
+                     settings: StreamSettings | None = None):
     """Paste the segment's generated faces into its frames and encode them, block by block."""
     from .face import paste_back
 
@@ -355,5 +375,7 @@ def _paste_and_write(writer, reader, rows, index, synced, result, affines, held,
         if ok.any():
             faces = np.zeros((len(src), *result.shape[1:]), dtype=np.float32)
             faces[ok] = result[position[block][ok]]
-            frames = paste_back(frames, faces, affines[src], ok, fast=fast, device=device)
+            settings = settings or StreamSettings()
+            frames = paste_back(frames, faces, affines[src], ok, fast=fast, device=device, blend=settings.blend,
+                                mask_grow=settings.mask_grow, feather=settings.feather)
         writer.write(frames)

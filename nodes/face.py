@@ -11,6 +11,7 @@ from ..latentsync_core.constants import MAX_FACE_GAP, RESOLUTION, SUPPORTED_RESO
 from ..latentsync_core.errors import InputMismatchError
 from ..latentsync_core.face import FaceAligner, fixed_mask, iter_patches
 from ..latentsync_core.face.landmarks import legacy_face_mesh_available, tasks_available
+from ..latentsync_core.face.preview import draw_previews
 from ..latentsync_core.face.task_file import resolve_task_file
 from ..latentsync_core.types import FaceTrack
 from . import comfy_bridge as bridge
@@ -21,6 +22,7 @@ logger = logging.getLogger(__name__)
 BATCH = 8  # frames converted to uint8 at a time (never a second copy of the whole video)
 FACE_CHOICES = ["largest", "index from left"]
 PASTE_METHODS = ["auto", "reference (OpenCV)", "fast (torch/kornia)"]
+BLEND_CHOICES = ["face", "mouth"]
 
 
 class _Uint8Frames:
@@ -111,31 +113,42 @@ class LatentSyncPasteBack:
     CATEGORY = f"{CATEGORY}/face"
     FUNCTION = "paste"
     DESCRIPTION = (
-        "Puts the generated faces back into the original frames with the official soft-edged blend. Only "
-        "the region around each face changes; frames without a face pass through untouched. Output frame i "
+        "Puts the generated faces back into the original frames with the official soft-edged blend (or, with "
+        "blend = mouth, only the regenerated mouth). Only the region around each face changes; frames without a face pass through untouched. Output frame i "
         "is the original frame the face track maps face i to (the sampler may have looped or cut the video)."
     )
-    RETURN_TYPES = ("IMAGE",)
-    RETURN_NAMES = ("images",)
-    OUTPUT_TOOLTIPS = ("Full frames with the new mouth, one per generated face.",)
+    RETURN_TYPES = ("IMAGE", "MASK")
+    RETURN_NAMES = ("images", "blend_mask")
+    OUTPUT_TOOLTIPS = (
+        "Full frames with the new mouth, one per generated face.",
+        "The blend weight actually used [N, H, W] in 0..1 (1 = the generated face, 0 = the input frame).",
+    )
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
                 "images": ("IMAGE", {"tooltip": "The original video frames (the ones given to Face Crop & Align)."}),
-                "faces": ("IMAGE", {"tooltip": "Generated faces from the LatentSync Sampler [N, res, res, 3] (used as floats, unclamped: resized back, then clamped, as the official code)."}),
+                "faces": ("IMAGE", {"tooltip": "Generated faces from the LatentSync Sampler [N, res, res, 3], or the same faces after a face restorer / upscaler (any square size: resampled to the crop)."}),
                 "face_track": (LATENTSYNC_FACES, {"tooltip": "The face track from the sampler (or from Face Crop & Align when the lengths match)."}),
                 "method": (PASTE_METHODS, {"default": "auto", "tooltip": "reference: OpenCV exactly as the official code (CPU); fast: batched torch/kornia on the GPU (bilinear, within 1 grey level); auto: fast on a GPU, reference on CPU."}),
-            }
+                "blend": (BLEND_CHOICES, {"default": "face", "tooltip": "face: the official blend of the whole aligned crop (soft crop edge). mouth: only the regenerated mouth region is blended, with its own soft edge; every other pixel, the rest of the face included, stays exactly the input (no blur of eyes and skin, no box edge)."}),
+                "mask_grow": ("INT", {"default": 0, "min": -64, "max": 64, "step": 1, "tooltip": "Pixels (in the frame) to grow (+) or shrink (-) the blend region before the soft edge. In face mode the crop edge is the limit, so only shrinking changes anything."}),
+                "feather": ("INT", {"default": -1, "min": -1, "max": 128, "step": 1, "tooltip": "Width of the soft edge in frame pixels; -1 = official (crop size / 20). 0 = hard edge."}),
+            },
+            "optional": {
+                "protect_mask": ("MASK", {"tooltip": "Optional frame-space mask [N,H,W] or [1,H,W], 1 = may change, 0 = keep the input (protect a hand or a microphone). Multiplied into the blend."}),
+            },
         }  # fmt: skip
 
-    def paste(self, images, faces, face_track: FaceTrack, method="auto"):
+    def paste(self, images, faces, face_track: FaceTrack, method="auto", blend="face", mask_grow=0, feather=-1, protect_mask=None):
         _check_inputs(images, faces, face_track)
+        protect = _protect_mask(protect_mask, images)
         device = bridge.compute_device()
         fast = method.startswith("fast") or (method == "auto" and torch.device(device).type != "cpu")
         n = len(face_track)
         out = torch.empty((n, *images.shape[1:3], 3), dtype=torch.float32)
+        weights = torch.zeros((n, *images.shape[1:3]), dtype=torch.float32)
         originals = _Uint8Frames(images, face_track.frame_index)
         progress = bridge.progress_callback(n)
         for start in range(0, n, BATCH):
@@ -150,11 +163,33 @@ class LatentSyncPasteBack:
                 fast=fast,
                 device=device,
                 batch_size=BATCH,
+                blend=blend,
+                mask_grow=int(mask_grow),
+                feather=None if int(feather) < 0 else int(feather),
+                mask=None if protect is None else (protect if len(protect) == 1 else protect[face_track.frame_index[start:stop]]),
+                resolution=face_track.resolution,
+                with_mask=True,
             )
-            for i, patch, (y0, y1, x0, x1) in patches:
+            for i, patch, (y0, y1, x0, x1), weight in patches:
                 out[start + i, y0:y1, x0:x1] = torch.from_numpy(patch).float().div_(255.0)
+                weights[start + i, y0:y1, x0:x1] = torch.from_numpy(weight)
             progress(stop, n)
-        return (out,)
+        return (out, weights)
+
+
+def _protect_mask(mask, images) -> torch.Tensor | None:
+    """A ComfyUI MASK ``[N,H,W]`` / ``[1,H,W]`` / ``[H,W]`` (frame space) -> float CPU ``[N or 1, H, W]``."""
+    if mask is None:
+        return None
+    mask = mask.detach().float().cpu()
+    if mask.ndim == 2:
+        mask = mask[None]
+    if mask.ndim != 3 or mask.shape[0] not in (1, len(images)) or tuple(mask.shape[1:]) != tuple(images.shape[1:3]):
+        raise InputMismatchError(
+            f"protect_mask is {list(mask.shape)} but the images are {len(images)} x {images.shape[1]} x "
+            f"{images.shape[2]}: give one mask per input frame or one mask [1,H,W] for all."
+        )
+    return mask
 
 
 class _Slice:
@@ -188,11 +223,52 @@ def _check_inputs(images, faces, track) -> None:
             f"the face track refers to frame {int(np.max(track.frame_index))} but only {len(images)} images "
             "are connected: connect the same video that went into Face Crop & Align."
         )
-    if tuple(faces.shape[1:3]) != (track.resolution, track.resolution):
+    if faces.ndim != 4 or faces.shape[1] != faces.shape[2]:
         raise InputMismatchError(
-            f"generated faces are {faces.shape[2]}x{faces.shape[1]}, the face track expects "
-            f"{track.resolution}x{track.resolution}: use the same resolution for alignment and model."
+            f"the faces are {list(faces.shape)}: connect square faces [N, s, s, 3] (the sampler's output, "
+            "or the same faces after an upscaler / face restorer)."
         )
 
 
-NODE_CLASSES: list[type] = [LatentSyncFaceCropAlign, LatentSyncPasteBack]
+class LatentSyncFacePreview:
+    NODE_ID = "LatentSyncFacePreview"
+    DISPLAY_NAME = "LatentSync Face Preview"
+    CATEGORY = f"{CATEGORY}/face"
+    FUNCTION = "preview"
+    DESCRIPTION = (
+        "Diagnostics: draws on every frame the 68 face landmarks, the three alignment points, the outline of "
+        "the aligned crop and the outline of the regenerated mouth, so you see at once why a clip looks wrong "
+        "(a wrong face picked, a crop that jitters, a mouth region off the lips). Only runs when connected."
+    )
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("preview",)
+    OUTPUT_TOOLTIPS = ("One annotated frame per face-track entry (downscaled to max_size): connect Preview Image.",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "images": ("IMAGE", {"tooltip": "The video frames given to Face Crop & Align."}),
+                "face_track": (LATENTSYNC_FACES, {"tooltip": "The face track from Face Crop & Align (or the sampler's, to follow its looped order)."}),
+                "max_size": ("INT", {"default": 512, "min": 0, "max": 8192, "step": 64, "tooltip": "Longest side of the preview frames in pixels (smaller = cheaper); 0 = full size."}),
+            }
+        }  # fmt: skip
+
+    def preview(self, images, face_track: FaceTrack, max_size=512):
+        if not all(hasattr(face_track, name) for name in ("affines", "landmarks", "frame_index", "frame_size")):
+            raise InputMismatchError("face_track must come from LatentSync Face Crop & Align (or the LatentSync Sampler)")
+        if tuple(images.shape[1:3]) != tuple(face_track.frame_size):
+            raise InputMismatchError(
+                f"the images are {images.shape[2]}x{images.shape[1]} but the faces were aligned on "
+                f"{face_track.frame_size[1]}x{face_track.frame_size[0]} frames: connect the same video to both nodes."
+            )
+        if len(face_track) and int(np.max(face_track.frame_index)) >= len(images):
+            raise InputMismatchError(
+                f"the face track refers to frame {int(np.max(face_track.frame_index))} but only {len(images)} "
+                "images are connected: connect the same video that went into Face Crop & Align."
+            )
+        out = draw_previews(_Uint8Frames(images), face_track, max_size=int(max_size) or None)
+        return (torch.from_numpy(out).float().div_(255.0),)
+
+
+NODE_CLASSES: list[type] = [LatentSyncFaceCropAlign, LatentSyncPasteBack, LatentSyncFacePreview]

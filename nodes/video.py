@@ -13,13 +13,14 @@ import shutil
 import uuid
 
 from ..latentsync_core.audio import MODES, comfy_audio_parts
+from ..latentsync_core.audio.silence import DEFAULT_SILENCE_DB, DEFAULT_SILENCE_MS
 from ..latentsync_core.constants import DEFAULT_GUIDANCE, DEFAULT_SEED, DEFAULT_STEPS, MAX_FACE_GAP
 from ..latentsync_core.errors import LatentSyncError
 from ..latentsync_core.stream import StreamSettings, lip_sync_video
 from ..latentsync_core.vae import as_latent_vae
 from . import comfy_bridge as bridge
 from .audio import LatentSyncWhisperEmbedding
-from .face import LatentSyncFaceCropAlign, _task_path
+from .face import LatentSyncFaceCropAlign, LatentSyncPasteBack, _task_path
 from .sampler import LatentSyncSampler
 from .types import CATEGORY, LATENTSYNC_WHISPER
 
@@ -66,19 +67,27 @@ class LatentSyncLipSyncVideo:
                 **{name: sampler["optional"][name] for name in ("chunk_batch", "sampler")},
                 "video": ("VIDEO", {"tooltip": "The video with the face (core Load Video). Leave unconnected to use video_path."}),
                 "video_path": ("STRING", {"default": "", "tooltip": "Instead of a VIDEO: a video file path (absolute, or a file in ComfyUI's input folder), e.g. from VideoHelperSuite's path loaders."}),
+                **{name: spec for name, spec in LatentSyncPasteBack.INPUT_TYPES()["required"].items()
+                   if name in ("blend", "mask_grow", "feather")},
+                **{name: spec for name, spec in LatentSyncSampler.INPUT_TYPES()["optional"].items()
+                   if name.startswith("silence")},
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }  # fmt: skip
 
     def lip_sync(self, audio, model, vae, whisper, seed=DEFAULT_SEED, steps=DEFAULT_STEPS, guidance=DEFAULT_GUIDANCE,
                  deepcache="off", face="largest", face_index=0, max_gap_frames=MAX_FACE_GAP, audio_mode=MODES[0],
-                 video=None, video_path="", chunk_batch=0, sampler="ddim", unique_id=None):
+                 video=None, video_path="", chunk_batch=0, sampler="ddim", blend="face", mask_grow=0, feather=-1,
+                 silence="sync", silence_threshold_db=DEFAULT_SILENCE_DB, silence_min_ms=DEFAULT_SILENCE_MS,
+                 unique_id=None):
         waveform, rate = comfy_audio_parts(audio)
         settings = StreamSettings(
             steps=int(steps), guidance=float(guidance), seed=int(seed),
             deepcache=0 if deepcache == "off" else int(deepcache),
             face="largest" if face == "largest" else int(face_index), max_gap=int(max_gap_frames), audio_mode=audio_mode,
-            chunk_batch=int(chunk_batch), sampler=sampler,
+            chunk_batch=int(chunk_batch), sampler=sampler, blend=blend, mask_grow=int(mask_grow),
+            feather=None if int(feather) < 0 else int(feather), silence=silence == "keep original",
+            silence_db=float(silence_threshold_db), silence_ms=int(silence_min_ms),
         )  # fmt: skip
         folder = os.path.join(bridge.temp_directory(), OUTPUT_SUBFOLDER)
         out = os.path.join(folder, f"LatentSync_{uuid.uuid4().hex[:12]}.mp4")

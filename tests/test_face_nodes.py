@@ -88,7 +88,7 @@ def test_paste_back_node_loops_and_keeps_untouched_frames_bit_identical(pack, vi
     looped = track.take([0, 1, 2, 3, 4, 5, 4, 3])  # the sampler ping-ponged the video
     faces_looped = faces[[0, 1, 2, 3, 4, 5, 4, 3]]
     node = pack.NODE_CLASS_MAPPINGS["LatentSyncPasteBack"]()
-    (out,) = node.paste(video, faces_looped, looped, "reference (OpenCV)")
+    out, weights = node.paste(video, faces_looped, looped, "reference (OpenCV)")
     assert out.shape == (8, 480, 640, 3)
     torch.testing.assert_close(out[4], video[4], rtol=0, atol=0)  # no face: untouched
     torch.testing.assert_close(out[6], video[4], rtol=0, atol=0)
@@ -96,10 +96,52 @@ def test_paste_back_node_loops_and_keeps_untouched_frames_bit_identical(pack, vi
     ys, xs = torch.nonzero(changed, as_tuple=True)
     assert 0 < len(ys) < 0.2 * 480 * 640  # only around the face
     torch.testing.assert_close(out[7], out[3], rtol=0, atol=0)  # same frame, same face
-    (fast,) = node.paste(video, faces_looped, looped, "fast (torch/kornia)")
+    fast, _ = node.paste(video, faces_looped, looped, "fast (torch/kornia)")
     assert (fast - out).abs().mean() * 255 < 1.0
-    (auto,) = node.paste(video, faces_looped, looped, "auto")  # CPU here: the reference path
+    auto, _ = node.paste(video, faces_looped, looped, "auto")  # CPU here: the reference path
     torch.testing.assert_close(auto, out, rtol=0, atol=0)
+
+
+def test_paste_back_node_blend_mask_output_and_options(pack, video):
+    _, _, track = run_align(pack, video)["result"]
+    faces = torch.rand((len(track), 256, 256, 3))
+    node = pack.NODE_CLASS_MAPPINGS["LatentSyncPasteBack"]()
+    face, face_w = node.paste(video, faces, track, "reference (OpenCV)")
+    assert face_w.shape == (6, 480, 640) and face_w.dtype == torch.float32
+    assert 0.0 <= face_w.min() and face_w.max() <= 1.0
+    assert (face_w[4] == 0).all() and (face_w[0] > 0).any()  # no face: nothing blended
+    changed = (face != video).any(-1)
+    assert not changed[face_w == 0].any()  # weight 0 -> the input pixel
+    # mouth: only the mouth region changes (a strict subset of the face blend), the rest is the input
+    mouth, mouth_w = node.paste(video, faces, track, "reference (OpenCV)", blend="mouth")
+    assert not (mouth != video).any(-1)[mouth_w == 0].any()
+    assert 0 < (mouth_w > 0).sum() < 0.5 * (face_w > 0).sum()
+    assert not ((mouth_w > 0) & (face_w == 0)).any()
+    # shrinking the region and a hard edge change the weights as asked
+    _, shrunk = node.paste(video, faces, track, "reference (OpenCV)", mask_grow=-10, feather=0)
+    def soft(w):
+        return ((w > 0) & (w < 1)).sum()
+
+    assert (shrunk > 0).sum() < (face_w > 0).sum() and soft(shrunk) < 0.2 * soft(face_w)  # only the warp's edge
+    # protect_mask: a [1,H,W] mask of zeros on the left half keeps those pixels exactly the input
+    protect = torch.ones((1, 480, 640))
+    protect[:, :, :320] = 0
+    kept, kept_w = node.paste(video, faces, track, "reference (OpenCV)", protect_mask=protect)
+    assert (kept_w[:, :, :320] == 0).all() and (kept_w[:, :, 320:] > 0).any()
+    torch.testing.assert_close(kept[:, :, :320], video[:, :, :320], rtol=0, atol=0)
+    with pytest.raises(core(pack, "errors").InputMismatchError, match="protect_mask"):
+        node.paste(video, faces, track, protect_mask=torch.ones((2, 480, 640)))
+
+
+def test_paste_back_node_accepts_upscaled_faces(pack, video):
+    """A face upscaled 4x (nearest) pastes back within 1 grey level of the original-size paste."""
+    _, _, track = run_align(pack, video)["result"]
+    faces = torch.rand((len(track), 256, 256, 3))
+    big = faces.repeat_interleave(4, dim=1).repeat_interleave(4, dim=2)
+    node = pack.NODE_CLASS_MAPPINGS["LatentSyncPasteBack"]()
+    small, _ = node.paste(video, faces, track, "reference (OpenCV)")
+    large, _ = node.paste(video, big, track, "reference (OpenCV)")
+    assert (large - small).abs().max() * 255 <= 1.0 + 1e-4
 
 
 def test_paste_back_node_input_errors(pack, video):
@@ -113,8 +155,8 @@ def test_paste_back_node_input_errors(pack, video):
         node.paste(video[:, :240], faces, track)
     with pytest.raises(InputMismatchError, match="only 3 images"):
         node.paste(video[:3], faces, track)
-    with pytest.raises(InputMismatchError, match="512x512"):
-        node.paste(video, torch.rand((6, 512, 512, 3)), track)
+    with pytest.raises(InputMismatchError, match="square faces"):
+        node.paste(video, torch.rand((6, 512, 384, 3)), track)
     with pytest.raises(InputMismatchError):
         node.paste(video, faces, "not a track")
 
@@ -164,3 +206,21 @@ def test_task_file_lookup_for_new_mediapipe(pack, monkeypatch, comfy_base):
         (folder / "face_landmarker.task").unlink()
     monkeypatch.setattr(face_nodes, "legacy_face_mesh_available", lambda: True)
     assert face_nodes._task_path() is None  # legacy face mesh: no file needed
+
+
+def test_face_preview_node(pack, video):
+    _, _, track = run_align(pack, video)["result"]
+    node = pack.NODE_CLASS_MAPPINGS["LatentSyncFacePreview"]()
+    (small,) = node.preview(video, track, 320)
+    assert small.shape == (6, 240, 320, 3) and small.dtype == torch.float32
+    (full,) = node.preview(video, track, 0)
+    assert full.shape == (6, 480, 640, 3)
+    drawn = (full != video).any(-1)
+    assert drawn[0].any() and drawn[3].any()  # face frames: landmarks and outlines drawn
+    assert drawn[4, :100].any() and not drawn[4, 100:].any()  # no face: only the label, top left
+    assert drawn[0, 100:].sum() > drawn[4].sum()  # landmarks and outlines below the label area
+    looped = track.take([5, 0])
+    (both,) = node.preview(video, looped, 0)
+    torch.testing.assert_close(both[1], full[0], rtol=0, atol=0)  # follows the track's frame index
+    with pytest.raises(core(pack, "errors").InputMismatchError, match="only 3 images"):
+        node.preview(video[:3], track, 512)

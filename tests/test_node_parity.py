@@ -54,15 +54,15 @@ def test_sampler_then_paste_back_nodes_match_official_output(pack, golden, monke
     track = types_mod.FaceTrack(affines=affines, found=np.ones(n, bool), landmarks=np.zeros((n, 68, 2), np.float32),
                                 frame_size=(480, 640), crop_size=tuple(int(v) for v in golden["crop_size"]),
                                 resolution=256)  # fmt: skip
-    audio = types_mod.FrameAudio(chunks=frame_audio_chunks(torch.from_numpy(golden["features"]), 32, fps=25.0)[:n])
+    audio = types_mod.FrameAudio.from_windows(frame_audio_chunks(torch.from_numpy(golden["features"]), 32, fps=25.0)[:n], fps=25.0)
 
     sampler = pack.NODE_CLASS_MAPPINGS["LatentSyncSampler"]()
-    synced, out_track = sampler.sample(model, vae, faces, track, audio, seed=1247, steps=3, guidance=1.5)
+    synced, out_track = sampler.sample(model, vae, faces, track, audio, seed=1247, steps=3, guidance=1.5)["result"]
     assert synced.shape == (n, 256, 256, 3) and out_track.frame_index.tolist() == list(range(n))
     assert synced.min() < 0 or synced.max() > 1  # the tiny VAE overshoots: clamping here would show
 
     paste = pack.NODE_CLASS_MAPPINGS["LatentSyncPasteBack"]()
-    (frames,) = paste.paste(images, synced, out_track, "reference (OpenCV)")
+    frames, _ = paste.paste(images, synced, out_track, "reference (OpenCV)")
     got = (frames[torch.from_numpy(check), y0:y1, x0:x1] * 255).round().to(torch.int64).numpy()
     diff = np.abs(got - golden["out_crop"].astype(np.int64))
     assert diff.max() <= 2, f"max {diff.max()} grey levels, mean {diff.mean():.3f}"

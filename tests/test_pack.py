@@ -19,6 +19,7 @@ EXPECTED_NODES = {
     "LatentSyncModelLoader",
     "LatentSyncSampler",
     "LatentSyncLipSyncVideo",
+    "LatentSyncFacePreview",
 }
 
 # ComfyUI's built-in socket types plus this pack's own

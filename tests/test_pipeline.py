@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from conftest import FIXTURES
 from latentsync_core import FaceError, InputMismatchError, LatentSyncError
 from latentsync_core.audio import frame_audio_chunks
 from latentsync_core.face import fixed_mask
+from latentsync_core.finite import NonFiniteError
 from latentsync_core.length import ping_pong_indices
 from latentsync_core.pipeline import LipSyncPipeline
 from latentsync_core.unet import load_unet
@@ -328,3 +331,45 @@ def test_interrupt_leaves_nothing_behind(unet, vae, small, reference_run):
     assert "forward" not in unet.mid_block.__dict__
     again = run_small(unet, vae, small, seed=5, found=FOUND)
     assert torch.equal(again.faces, reference_run[0].faces)
+
+
+def _nan_vae(vae, stage):
+    bad = copy.copy(vae)
+    real = getattr(vae, stage)
+    setattr(bad, stage, lambda *args, **kwargs: real(*args, **kwargs) * float("nan"))
+    return bad
+
+
+@pytest.mark.parametrize("stage, name", [("encode", "VAE encode"), ("decode", "VAE decode")])
+def test_nan_from_the_vae_stops_with_a_clear_error(unet, vae, small, stage, name):
+    with pytest.raises(NonFiniteError, match=f"{name} produced .*NaN.*VAE in fp32") as err:
+        run_small(unet, _nan_vae(vae, stage), small, frames=4)
+    assert "chunk 1/1" in str(err.value)
+
+
+def test_nan_from_the_unet_stops_with_a_clear_error(unet, vae, small):
+    handle = unet.register_forward_hook(lambda module, args, out: out * float("nan"))
+    try:
+        with pytest.raises(NonFiniteError, match="U-Net produced .*bf16 or fp32"):
+            run_small(unet, vae, small, frames=4)
+    finally:
+        handle.remove()
+    assert run_small(unet, vae, small, frames=4).faces.isfinite().all()
+
+
+def test_skipped_frames_come_back_as_the_input_face(unet, vae, small, reference_run):
+    """skip (e.g. silence): those output frames are the input face; the others are the same as when
+    the skipped frames were missing faces (the same frames go through the model in the same chunks)."""
+    faces = small[0]
+    index = ping_pong_indices(4, 24)
+    skip = ~FOUND[index]  # the frames of face 1, as a skip mask instead of found=False
+    res = run_small(unet, vae, small, seed=5, skip=skip)
+    ref = reference_run[0]
+    assert res.synced.tolist() == ref.synced.tolist()
+    torch.testing.assert_close(res.faces, ref.faces, rtol=0, atol=0)
+    torch.testing.assert_close(res.faces[skip].float(), faces[index[skip]].half().float(), rtol=0, atol=0)
+    everything = run_small(unet, vae, small, frames=4, skip=np.ones(4, bool))  # all skipped: no model call
+    assert not everything.synced.any()
+    torch.testing.assert_close(everything.faces.float(), faces.half().float(), rtol=0, atol=0)
+    with pytest.raises(InputMismatchError, match="skip must hold 4"):
+        run_small(unet, vae, small, frames=4, skip=np.ones(3, bool))

@@ -82,7 +82,7 @@ def inputs():
 def sample(nodes, model, vae, inputs, **kw):
     faces, track, audio = inputs
     kw = {"seed": 7, "steps": 2, "guidance": 1.5, "deepcache": "off", **kw}
-    return nodes[1]().sample(model, vae, kw.pop("faces", faces), kw.pop("track", track), audio, **kw)
+    return nodes[1]().sample(model, vae, kw.pop("faces", faces), kw.pop("track", track), kw.pop("audio", audio), **kw)["result"]
 
 
 # --- Model Loader ---------------------------------------------------------------------------------
@@ -317,3 +317,34 @@ def test_sampler_returns_the_pipeline_output_without_a_copy(nodes, small_model, 
     monkeypatch.setattr(pack_pipeline, "sync_faces", spy)
     out, _ = sample(nodes, small_model, comfy_vae, inputs)
     assert results[0].faces.dtype == torch.float32 and out.data_ptr() == results[0].faces.data_ptr()
+
+
+def test_sampler_keeps_the_input_face_in_a_1s_silence(nodes, small_model, comfy_vae, inputs):
+    """silence = keep original on 2.6 s of audio with a 1 s digital-silence gap (0.8-1.8 s): the frames
+    whose window lies inside the gap are bit-identical to the input face, the others are sampled."""
+    silence_mod = importlib.import_module(f"{PACK_NAME}.latentsync_core.audio.silence")
+    faces, track, _ = inputs
+    n = 65  # 2.6 s at 25 fps
+    wave = torch.randn(1, 16000 * 26 // 10, generator=torch.Generator().manual_seed(4)) * 0.3
+    wave[:, 16000 * 8 // 10 : 16000 * 18 // 10] = 0
+    windows = torch.randn(n, 50, 384, generator=torch.Generator().manual_seed(5))
+    audio = FrameAudio.from_windows(windows, fps=25.0, waveform=wave)
+    node = nodes[1]()
+    args = {"seed": 7, "steps": 1, "guidance": 1.0, "deepcache": "off"}
+    res = node.sample(small_model, comfy_vae, faces, track, audio, silence="keep original", **args)
+    out, out_track = res["result"]
+    silent = silence_mod.silent_frames(wave, n, 25.0)
+    rows = np.flatnonzero(silent)
+    assert 19 <= len(rows) <= 22 and rows.tolist() == list(range(rows[0], rows[-1] + 1))
+    assert 20 <= rows[0] <= 23 and 42 <= rows[-1] <= 45  # inside the gap (frames 20-45)
+    inputs_out = faces[torch.from_numpy(out_track.frame_index)]  # the Sampler's IMAGE is float32
+    torch.testing.assert_close(out[silent], inputs_out[silent], rtol=0, atol=0)
+    changed = (out != inputs_out).flatten(1).any(1).numpy()
+    assert changed[~silent].all()  # every other frame went through the model
+    assert f"{n - len(rows)} of {n} frames lip-synced; {len(rows)} silent frames kept" in res["ui"]["text"][0]
+    # official default: every frame is synced
+    synced, _ = sample(nodes, small_model, comfy_vae, inputs, audio=audio, **{k: v for k, v in args.items()})
+    assert (synced != inputs_out).flatten(1).any(1).all()
+    with pytest.raises(_errors.AudioError, match="waveform"):
+        node.sample(small_model, comfy_vae, faces, track, FrameAudio.from_windows(windows, fps=25.0),
+                    silence="keep original", **args)

@@ -47,8 +47,8 @@ def test_five_second_clip_through_the_graph(pack, graph_files):
     (model,) = n["LatentSyncModelLoader"]().load("tiny/latentsync_unet.pt", "auto", "auto")
     vae = StandInVae(load_vae(PIPE / "vae_tiny_random.pt", PIPE / "vae_config.json").vae)
     synced, out_track = n["LatentSyncSampler"]().sample(model, vae, faces, track, frame_audio,
-                                                       seed=DEFAULT_SEED, steps=1, guidance=1.0, deepcache="off")
-    (video,) = n["LatentSyncPasteBack"]().paste(images, synced, out_track, "auto")
+                                                       seed=DEFAULT_SEED, steps=1, guidance=1.0, deepcache="off")["result"]
+    video, _ = n["LatentSyncPasteBack"]().paste(images, synced, out_track, "auto")
 
     assert count == 125 and len(frame_audio.chunks) == count  # 5 s at 25 fps
     assert synced.shape == (count, 256, 256, 3) and video.shape == (count, *frames.shape[1:])

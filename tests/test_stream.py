@@ -4,6 +4,7 @@ planning, cancel/failure safety, bad input, variable frame rate, and the lazy pe
 from __future__ import annotations
 
 import os
+import wave
 from fractions import Fraction
 from pathlib import Path
 
@@ -259,3 +260,52 @@ def test_cli_is_a_thin_wrapper_over_the_stream(clip, tmp_path, monkeypatch):
     code = cli.main(["--video", str(clip), "--audio", str(wav), "--out", str(tmp_path / "o.mp4"), *TINY,
                      "--steps", "1", "--guidance", "1.0", "--seed", "3", "--no-download", "-q"])
     assert code == 0 and seen["settings"].seed == 3 and seen["settings"].steps == 1
+
+
+def test_cli_blend_mouth_changes_only_the_mouth_and_silence_keeps_the_input(clip, speech, models, tmp_path,
+                                                                            monkeypatch):
+    """--blend mouth --feather 4 through the CLI: the encoded frames equal paste-back with those options
+    (one sampler run), and every pixel outside the mouth blend is the input frame's. With silent audio
+    and --silence keep no frame goes through the model: every frame is the input frame."""
+    from latentsync_core import cli
+
+    monkeypatch.setattr(stream, "VideoWriter", Recorder)
+    Recorder.frames = []
+    wav = tmp_path / "s.wav"
+    _write_wav(wav, 0.8)
+    base = ["--video", str(clip), "--audio", str(wav), *TINY, "--steps", "1", "--guidance", "1.0", "--seed", "7",
+            "--no-download", "-q"]
+    assert cli.main([*base, "--out", str(tmp_path / "m.mp4"), "--blend", "mouth", "--feather", "4"]) == 0
+    got = np.concatenate(Recorder.frames)
+
+    with VideoReader(clip) as r:
+        frames = r.read(0, 6)
+    aligner = FaceAligner(256)  # the CLI's default max gap (frame 3 is bridged)
+    aligned = aligner.align(frames)
+    aligner.close()
+    audio = embed_audio(models["whisper"], *load_audio_file(wav), fps=25.0)
+    index = ping_pong_indices(6, audio.num_frames)
+    result = LipSyncPipeline(models["unet"], models["vae"]).sync_faces(
+        torch.from_numpy(aligned.faces), audio, source_index=index, found=aligned.found, **FAST)
+    expected, weight = paste_back(frames[index], result.faces.float().numpy(), aligned.affines[index], result.synced,
+                                  blend="mouth", feather=4, return_mask=True)
+    face, face_weight = paste_back(frames[index], result.faces.float().numpy(), aligned.affines[index],
+                                   result.synced, return_mask=True)
+    assert np.array_equal(got, expected)
+    outside = weight == 0
+    assert np.array_equal(got[outside], frames[index][outside])  # outside the mouth: the input, bit for bit
+    assert 0 < (weight > 0).sum() < 0.5 * (face_weight > 0).sum()
+    assert (got != frames[index]).any() and (face != got).any()
+
+    Recorder.frames = []
+    silent = tmp_path / "silent.wav"
+    with wave.open(str(silent), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(2)
+        f.setframerate(16000)
+        f.writeframes(np.zeros(16000, "<i2").tobytes())
+    base[3] = str(silent)
+    assert cli.main([*base, "--out", str(tmp_path / "s.mp4"), "--silence", "keep"]) == 0
+    kept = np.concatenate(Recorder.frames)
+    index = ping_pong_indices(6, len(kept))
+    assert len(kept) == 25 and np.array_equal(kept, frames[index])

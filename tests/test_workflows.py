@@ -53,26 +53,6 @@ def defs(pack):
     return out
 
 
-# Issue 11: workflows written for node inputs the pack does not declare yet (planned_nodes.json) are
-# validated against that planned definition until the node has every planned input; then against the node.
-PLANNED_FILE = Path(__file__).resolve().parent / "fixtures" / "workflows" / "planned_nodes.json"
-PLANNED = json.loads(PLANNED_FILE.read_text()) if PLANNED_FILE.exists() else {"workflows": [], "nodes": {}}
-
-
-def _input_names(d: dict) -> set:
-    return {k for sec in ("required", "optional") for k in d["input"].get(sec, {})}
-
-
-def defs_for(path: Path, defs: dict) -> dict:
-    if path.stem not in PLANNED["workflows"]:
-        return defs
-    out = dict(defs)
-    for name, planned in PLANNED["nodes"].items():
-        if not _input_names(planned) <= _input_names(defs.get(name, {"input": {}})):
-            out[name] = planned
-    return out
-
-
 # ------------------------------------------------------------------------------------------ helpers
 def _spec(d: dict, name: str):
     for sec in ("required", "optional"):
@@ -201,7 +181,6 @@ def test_files_and_thumbnails():
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
 def test_ui_node_types_and_registry_ids(path, defs):
-    defs = defs_for(path, defs)
     ui = json.loads(path.read_text())
     assert ui["version"] == 0.4 and {"nodes", "links", "last_node_id", "last_link_id"} <= ui.keys()
     ids = [n["id"] for n in ui["nodes"]]
@@ -232,7 +211,6 @@ def test_ui_node_types_and_registry_ids(path, defs):
 
 @pytest.mark.parametrize("path", UI_FILES, ids=lambda p: p.stem)
 def test_ui_and_api_twins_describe_the_same_graph(path, defs):
-    defs = defs_for(path, defs)
     ui = json.loads(path.read_text())
     api = json.loads((WORKFLOWS / "api" / path.name).read_text())
     nodes = {str(n["id"]): n for n in ui["nodes"] if n["type"] not in FRONTEND_ONLY}
@@ -259,7 +237,6 @@ def test_ui_and_api_twins_describe_the_same_graph(path, defs):
 
 @pytest.mark.parametrize("path", sorted((WORKFLOWS / "api").glob("*.json")), ids=lambda p: p.stem)
 def test_api_workflow_valid_for_current_nodes(path, defs):
-    defs = defs_for(path, defs)
     api = json.loads(path.read_text())
     assert api_problems(api, defs) == []
     assert {n["class_type"] for n in api.values()} & OUTPUT_NODES
@@ -305,9 +282,7 @@ def test_restore_workflow_puts_a_restorer_between_sampler_and_paste_back(defs):
     assert paste["inputs"]["faces"] == [by_type["ImageUpscaleWithModel"], 0]
     assert paste["inputs"]["face_track"] == [by_type["LatentSyncSampler"], 1]
     assert paste["inputs"]["blend"] == "mouth"
-    # validated against the planned Paste Back only while the node lacks a planned input
-    planned_defs = defs_for(WORKFLOWS / "latentsync_restore.json", defs)
-    assert "blend" in planned_defs["LatentSyncPasteBack"]["input"]["required"]
-    broken = copy.deepcopy(planned_defs)
+    assert "blend" in defs["LatentSyncPasteBack"]["input"]["required"]
+    broken = copy.deepcopy(defs)
     broken["LatentSyncPasteBack"]["input"]["required"]["blend"] = [["face"], {}]
     assert any("blend='mouth': not one of" in p for p in api_problems(api, broken))

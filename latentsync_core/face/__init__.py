@@ -8,12 +8,15 @@ track: the ``FaceTrack``); ``paste_back(frames, faces, affines)`` puts generated
 from .aligner import AlignmentResult, FaceAligner, select_face
 from .landmarks import MESH_TO_68, LegacyFaceMesh, TasksFaceLandmarker, open_backend
 from .paste import fixed_mask, iter_patches, paste_back, paste_back_track
+from .preview import draw_preview, draw_previews
 from .task_file import ensure_task_file, resolve_task_file
 
 __all__ = [
     "AlignmentResult",
     "FaceAligner",
     "MESH_TO_68",
+    "draw_preview",
+    "draw_previews",
     "LegacyFaceMesh",
     "TasksFaceLandmarker",
     "ensure_task_file",
