@@ -171,7 +171,7 @@ def api_links(api: dict) -> set:
 # -------------------------------------------------------------------------------------------- tests
 def test_files_and_thumbnails():
     names = {p.stem for p in UI_FILES}
-    assert {"latentsync_basic", "latentsync_vhs"} <= names
+    assert {"latentsync_basic", "latentsync_vhs", "latentsync_long_video"} <= names
     assert names == {p.stem for p in (WORKFLOWS / "api").glob("*.json")}  # every UI file has an API twin
     for p in UI_FILES:
         jpg = p.with_suffix(".jpg")
@@ -198,12 +198,8 @@ def test_ui_node_types_and_registry_ids(path, defs):
             assert _version(defs[t]["since"]) <= comfy
     types = {n["type"] for n in ui["nodes"]}
     assert types & OUTPUT_NODES, "the workflow saves nothing"
-    assert {
-        "LatentSyncSampler",
-        "LatentSyncPasteBack",
-        "LatentSyncFaceCropAlign",
-        "LatentSyncWhisperEmbedding",
-    } <= types
+    stages = {"LatentSyncSampler", "LatentSyncPasteBack", "LatentSyncFaceCropAlign", "LatentSyncWhisperEmbedding"}
+    assert stages <= types or "LatentSyncLipSyncVideo" in types, "neither the node stages nor the one-node job"
     note = " ".join(n["widgets_values"][0] for n in ui["nodes"] if n["type"] in FRONTEND_ONLY)
     for where in ("latentsync/latentsync_unet.pt", "latentsync/whisper/tiny.pt", "vae/sd-vae-ft-mse.safetensors"):
         assert where in note, f"{path.name}: the notes must say where {where} goes"
@@ -247,6 +243,37 @@ def test_api_workflow_valid_for_current_nodes(path, defs):
         ready = {nid for nid in api if nid not in done and deps[nid] <= done}
         assert ready, f"{path.name}: cycle"
         done |= ready
+
+
+def test_long_video_graph_streams_from_load_video_to_save_video():
+    """Load Video -> Lip Sync Video (audio, model, VAE, whisper wired) -> Save Video as a remux (no re-encode)."""
+    api = json.loads((WORKFLOWS / "api" / "latentsync_long_video.json").read_text())
+    by_type = {n["class_type"]: nid for nid, n in api.items()}
+    assert set(by_type) == {"LoadVideo", "LatentSyncLoadAudio", "LatentSyncWhisperLoader", "LatentSyncModelLoader",
+                            "VAELoader", "LatentSyncLipSyncVideo", "SaveVideo"}  # fmt: skip
+    job, save = by_type["LatentSyncLipSyncVideo"], by_type["SaveVideo"]
+    assert api_links(api) == {
+        (by_type["LoadVideo"], 0, job, "video"),
+        (by_type["LatentSyncLoadAudio"], 0, job, "audio"),
+        (by_type["LatentSyncModelLoader"], 0, job, "model"),
+        (by_type["VAELoader"], 0, job, "vae"),
+        (by_type["LatentSyncWhisperLoader"], 0, job, "whisper"),
+        (job, 0, save, "video"),
+    }
+    assert api[job]["inputs"]["video_path"] == ""  # the VIDEO input is used, not a path
+    assert (api[save]["inputs"]["format"], api[save]["inputs"]["codec"]) == ("auto", "auto")  # stream copy
+
+
+def test_node_ids_are_the_same_in_every_graph():
+    """`--set 9.steps=10` and `--set 1.file=...` mean the same thing in every shipped workflow."""
+    same = {"1": ("LoadVideo", "VHS_LoadVideo"), "3": ("LatentSyncLoadAudio",), "4": ("LatentSyncWhisperLoader",),
+            "7": ("LatentSyncModelLoader",), "8": ("VAELoader",),
+            "9": ("LatentSyncSampler", "LatentSyncLipSyncVideo")}  # fmt: skip
+    for path in sorted((WORKFLOWS / "api").glob("*.json")):
+        api = json.loads(path.read_text())
+        for nid, types in same.items():
+            assert api[nid]["class_type"] in types, f"{path.name}: node {nid} is {api[nid]['class_type']}"
+        assert {"seed", "steps", "guidance", "deepcache"} <= set(api["9"]["inputs"]), path.name
 
 
 def test_a_breaking_node_change_is_caught(defs):
