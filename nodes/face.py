@@ -94,8 +94,12 @@ class LatentSyncFaceCropAlign:
         # the float IMAGE output is filled face by face: no second (uint8) copy of all faces
         faces = torch.empty((len(frames), int(resolution), int(resolution), 3), dtype=torch.float32)
 
+        # written through numpy from the warp threads: ComfyUI runs nodes under torch.inference_mode(),
+        # which is thread-local, so a torch in-place write from a worker thread would be refused
+        out = faces.numpy()
+
         def store(i: int, face: np.ndarray) -> None:
-            faces[i] = torch.from_numpy(face).float().div_(255.0)
+            np.divide(face, np.float32(255.0), out=out[i], dtype=np.float32)
 
         try:
             result = aligner.align(frames, progress=bridge.progress_callback(2 * len(frames)), sink=store)

@@ -82,6 +82,19 @@ def test_crop_align_node(pack, video):
     assert comfy.utils.UPDATES[-1] == (12, 12)  # two passes over 6 frames
 
 
+def test_crop_align_under_inference_mode_with_worker_threads(pack, video, monkeypatch):
+    """ComfyUI runs every node under torch.inference_mode() (thread-local): the faces the warp threads
+    produce must still reach the IMAGE output, identical to a plain run."""
+    aligner_mod = core(pack, "face.aligner")
+    monkeypatch.setattr(aligner_mod, "default_workers", lambda: 3)
+    plain = run_align(pack, video)["result"][0]
+    with torch.inference_mode():
+        faces = run_align(pack, video)["result"][0]
+    assert torch.equal(faces, plain)
+    expected = torch.from_numpy(core(pack, "face").FaceAligner(256, max_gap=1).align(video.mul(255).round().byte().numpy()).faces)
+    assert torch.equal(plain, expected.float() / 255.0)
+
+
 def test_paste_back_node_loops_and_keeps_untouched_frames_bit_identical(pack, video):
     _, _, track = run_align(pack, video)["result"]
     faces = torch.rand((len(track), 256, 256, 3))
