@@ -209,14 +209,10 @@ class _Slice:
         return self.frames[self.start + int(i)]
 
 
-def _check_inputs(images, faces, track) -> None:
-    if not all(hasattr(track, name) for name in ("affines", "found", "frame_index", "frame_size", "resolution")):
+def _check_track(images, track, fields=("affines", "found", "frame_index", "frame_size")) -> None:
+    """The face track comes from Face Crop & Align (or the sampler) and fits the connected frames."""
+    if not all(hasattr(track, name) for name in fields):
         raise InputMismatchError("face_track must come from LatentSync Face Crop & Align (or the LatentSync Sampler)")
-    if len(faces) != len(track):
-        raise InputMismatchError(
-            f"{len(faces)} generated faces but the face track has {len(track)} entries: connect the face track "
-            "that the sampler outputs (it matches the generated length)."
-        )
     if tuple(images.shape[1:3]) != tuple(track.frame_size):
         raise InputMismatchError(
             f"the images are {images.shape[2]}x{images.shape[1]} but the faces were aligned on "
@@ -226,6 +222,15 @@ def _check_inputs(images, faces, track) -> None:
         raise InputMismatchError(
             f"the face track refers to frame {int(np.max(track.frame_index))} but only {len(images)} images "
             "are connected: connect the same video that went into Face Crop & Align."
+        )
+
+
+def _check_inputs(images, faces, track) -> None:
+    _check_track(images, track, ("affines", "found", "frame_index", "frame_size", "resolution"))
+    if len(faces) != len(track):
+        raise InputMismatchError(
+            f"{len(faces)} generated faces but the face track has {len(track)} entries: connect the face track "
+            "that the sampler outputs (it matches the generated length)."
         )
     if faces.ndim != 4 or faces.shape[1] != faces.shape[2]:
         raise InputMismatchError(
@@ -259,18 +264,7 @@ class LatentSyncFacePreview:
         }  # fmt: skip
 
     def preview(self, images, face_track: FaceTrack, max_size=512):
-        if not all(hasattr(face_track, name) for name in ("affines", "landmarks", "frame_index", "frame_size")):
-            raise InputMismatchError("face_track must come from LatentSync Face Crop & Align (or the LatentSync Sampler)")
-        if tuple(images.shape[1:3]) != tuple(face_track.frame_size):
-            raise InputMismatchError(
-                f"the images are {images.shape[2]}x{images.shape[1]} but the faces were aligned on "
-                f"{face_track.frame_size[1]}x{face_track.frame_size[0]} frames: connect the same video to both nodes."
-            )
-        if len(face_track) and int(np.max(face_track.frame_index)) >= len(images):
-            raise InputMismatchError(
-                f"the face track refers to frame {int(np.max(face_track.frame_index))} but only {len(images)} "
-                "images are connected: connect the same video that went into Face Crop & Align."
-            )
+        _check_track(images, face_track, ("affines", "landmarks", "frame_index", "frame_size"))
         out = draw_previews(_Uint8Frames(images), face_track, max_size=int(max_size) or None)
         return (torch.from_numpy(out).float().div_(255.0),)
 
