@@ -359,7 +359,7 @@ def _gather(reader, src, synced, affines, res, hold, check_interrupt):
 
 
 def _paste_and_write(writer, reader, rows, index, synced, result, affines, held, fast, device, check_interrupt,
-                     settings: StreamSettings | None = None):
+                     settings: StreamSettings):
     """Paste the segment's generated faces into its frames and encode them, block by block."""
     from .face import paste_back
 
@@ -375,7 +375,6 @@ def _paste_and_write(writer, reader, rows, index, synced, result, affines, held,
         if ok.any():
             faces = np.zeros((len(src), *result.shape[1:]), dtype=np.float32)
             faces[ok] = result[position[block][ok]]
-            settings = settings or StreamSettings()
             frames = paste_back(frames, faces, affines[src], ok, fast=fast, device=device, blend=settings.blend,
                                 mask_grow=settings.mask_grow, feather=settings.feather)
         writer.write(frames)
