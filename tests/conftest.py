@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -66,6 +67,27 @@ def _isolated_model_cache(tmp_path_factory, monkeypatch):
     """No test sees the user's Hugging-Face-style cache or a LATENTSYNC_MODELS of the shell."""
     monkeypatch.setenv("HF_HOME", str(tmp_path_factory.getbasetemp() / "hf_home"))
     monkeypatch.delenv("LATENTSYNC_MODELS", raising=False)
+
+
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0", ""}
+
+
+@pytest.fixture(autouse=True)
+def _no_internet(monkeypatch):
+    """CI has no network: a test that reaches for the internet fails here too, not only in CI.
+
+    Name lookups of anything but the local machine raise ``socket.gaierror`` as an offline machine
+    does; a test that fakes a download patches ``urlopen`` itself and never gets here.
+    """
+    real = socket.getaddrinfo
+
+    def offline(host, *args, **kwargs):
+        name = host.decode() if isinstance(host, bytes) else str(host or "")
+        if name not in _LOCAL_HOSTS:
+            raise socket.gaierror(socket.EAI_NONAME, f"tests run offline (tried to resolve {name!r})")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
 
 
 # ------------------------------------------------------------------------------ face backends

@@ -82,7 +82,7 @@ def test_crop_align_node(pack, video):
     assert comfy.utils.UPDATES[-1] == (12, 12)  # two passes over 6 frames
 
 
-def test_crop_align_under_inference_mode_with_worker_threads(pack, video, monkeypatch):
+def test_crop_align_under_inference_mode_with_worker_threads(pack, video, detector, request, monkeypatch):
     """ComfyUI runs every node under torch.inference_mode() (thread-local): the faces the warp threads
     produce must still reach the IMAGE output, identical to a plain run."""
     aligner_mod = core(pack, "face.aligner")
@@ -91,7 +91,10 @@ def test_crop_align_under_inference_mode_with_worker_threads(pack, video, monkey
     with torch.inference_mode():
         faces = run_align(pack, video)["result"][0]
     assert torch.equal(faces, plain)
-    expected = torch.from_numpy(core(pack, "face").FaceAligner(256, max_gap=1).align(video.mul(255).round().byte().numpy()).faces)
+    # The library alone, on the node's backend (the test .task, never a download, on the Tasks backend).
+    task = request.getfixturevalue("task_file") if detector == "tasks" else None
+    aligner = core(pack, "face").FaceAligner(256, max_gap=1, task_path=task, download=False)
+    expected = torch.from_numpy(aligner.align(video.mul(255).round().byte().numpy()).faces)
     assert torch.equal(plain, expected.float() / 255.0)
 
 
