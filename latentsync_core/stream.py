@@ -15,6 +15,12 @@ run :func:`lip_sync_video`; neither holds the video in memory:
    chunks of the frames that go through the model, so the result equals one sampler run over the whole
    video with the same seed (the IMAGE graph), frame for frame.
 
+**Overlap** (``StreamSettings.overlap``; on by default when the U-Net is not on the CPU): segment k+1
+is decoded and aligned and segment k-1 pasted back and encoded on two helper threads while segment k is
+sampled, so a GPU does not wait for the CPU stages. Each stage does the same work in the same order as
+without overlap (the generator is used by the sampler only), so the output is bit-identical; up to three
+segments' frames are in memory instead of one.
+
 The output keeps the input's size and average frame rate, is encoded once (x264) and carries the new
 audio; it is written to a hidden temporary file and renamed only when complete, so a failed or
 cancelled run never leaves a file under the output name.
@@ -31,8 +37,10 @@ import ctypes
 import logging
 import math
 import sys
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any
@@ -78,6 +86,9 @@ class StreamSettings:
     silence: True = frames whose audio window is silent (under ``silence_db`` dBFS for at least
     ``silence_ms``, :func:`~latentsync_core.audio.silence.silent_frames`) are not synced: written as the
     input frame, like frames without a face (False: official, every frame is synced).
+    overlap: decode/align the next segment and paste/encode the previous one on helper threads while a
+    segment is sampled (same output); None = when the U-Net is not on the CPU (on the CPU the sampler
+    already uses every core).
     """
 
     steps: int = DEFAULT_STEPS
@@ -99,6 +110,7 @@ class StreamSettings:
     silence: bool = False
     silence_db: float = DEFAULT_SILENCE_DB
     silence_ms: int = DEFAULT_SILENCE_MS
+    overlap: bool | None = None
 
     def __post_init__(self):
         from .face.paste import check_blend_options
@@ -245,9 +257,16 @@ def lip_sync_video(
         raise LatentSyncError("The audio is shorter than one video frame.")
     total = info.num_frames + num_out
 
+    reported = [0]
+    report_lock = threading.Lock()
+
     def report(stage: str, done: int) -> None:
-        if progress is not None:
-            progress(stage, int(done), total)
+        """Progress in frames of the whole job; never backwards (helper threads report too)."""
+        if progress is None:
+            return
+        with report_lock:
+            reported[0] = done = max(reported[0], int(done))
+            progress(stage, done, total)
 
     own_aligner = aligner is None
     if own_aligner:
@@ -277,44 +296,115 @@ def lip_sync_video(
         noise = pipeline.draw_noise(generator, res, settings.steps, settings.sampler)
         audio_track = (samples[:, : math.ceil(num_out / fps * rate)].numpy(), rate)
 
+        frame_bytes = info.width * info.height * 3
+        overlap = settings.overlap if settings.overlap is not None else pipeline.device.type != "cpu"
+        stages = _Stages(overlap, check_interrupt)
+
+        def prepare(segment: tuple[int, int]):
+            """Decode and align a segment: (rows, held frames or None, uint8 faces of its synced frames)."""
+            a, b = segment
+            rows = np.arange(a, b)
+            hold = (b - a) * frame_bytes <= HOLD_BYTES
+            held, faces = _gather(reader, index[rows], synced[rows], plan.affines, res, hold, stages.check)
+            return rows, held, faces
+
+        def sample(rows: np.ndarray, faces: np.ndarray) -> np.ndarray | None:
+            """The segment's generated faces (float 0..1 ``[n, res, res, 3]``, unclamped), None if none."""
+            todo = np.flatnonzero(synced[rows])
+            if not len(todo):
+                return None
+            a, b = int(rows[0]), int(rows[-1]) + 1
+            steps_total = math.ceil(len(todo) / CHUNK_FRAMES) * int(settings.steps)
+            return pipeline.sync_faces(
+                torch.from_numpy(faces),
+                frame_audio.windows(rows[todo]),
+                source_index=np.arange(len(todo)),
+                steps=settings.steps,
+                guidance=settings.guidance,
+                generator=generator,
+                initial_latents=noise,
+                vae_encode=vae_encode,
+                deepcache=settings.deepcache,
+                sampler=settings.sampler,
+                chunk_batch=settings.chunk_batch,
+                progress=lambda d, _t: report("lip sync", info.num_frames + a + (b - a) * d // max(steps_total, 1) - 1),
+                check_interrupt=check_interrupt,
+            ).faces.float().numpy()  # float 0..1, unclamped: paste-back resizes first (official)
+
         with VideoWriter(out, info.width, info.height, info.fps, audio=audio_track, crf=settings.crf) as writer:
-            frame_bytes = info.width * info.height * 3
-            for a, b in plan_segments(synced, settings.segment_frames):
-                rows = np.arange(a, b)
-                hold = (b - a) * frame_bytes <= HOLD_BYTES
-                held, faces = _gather(reader, index[rows], synced[rows], plan.affines, res, hold, check_interrupt)
-                result = None
-                todo = np.flatnonzero(synced[rows])
-                if len(todo):
-                    steps_total = math.ceil(len(todo) / CHUNK_FRAMES) * int(settings.steps)
-                    result = pipeline.sync_faces(
-                        torch.from_numpy(faces),
-                        frame_audio.windows(rows[todo]),
-                        source_index=np.arange(len(todo)),
-                        steps=settings.steps,
-                        guidance=settings.guidance,
-                        generator=generator,
-                        initial_latents=noise,
-                        vae_encode=vae_encode,
-                        deepcache=settings.deepcache,
-                        sampler=settings.sampler,
-                        chunk_batch=settings.chunk_batch,
-                        progress=lambda d, _t, a=a, b=b, n=steps_total: report(
-                            "lip sync", info.num_frames + a + (b - a) * d // max(n, 1) - 1
-                        ),
-                        check_interrupt=check_interrupt,
-                    ).faces.float().numpy()  # float 0..1, unclamped: paste-back resizes first (official)
-                del faces
-                _paste_and_write(
-                    writer, reader, rows, index, synced, result, plan.affines, held, fast, pipeline.device,
-                    check_interrupt, settings,
-                )
-                report("lip sync", info.num_frames + b)
-                del held, result
-                release_host_memory()
+            # a second decoder for paste-back when it runs beside the next segment's decode
+            paste_reader = VideoReader(video) if overlap else reader
+            try:
+
+                def finish(rows: np.ndarray, held, result) -> None:
+                    _paste_and_write(writer, paste_reader, rows, index, synced, result, plan.affines, held, fast,
+                                     pipeline.device, stages.check, settings)  # fmt: skip
+                    report("lip sync", info.num_frames + int(rows[-1]) + 1)
+                    release_host_memory()
+
+                stages.run(plan_segments(synced, settings.segment_frames), prepare, sample, finish)
+            finally:
+                if paste_reader is not reader:
+                    paste_reader.close()
     seconds = time.perf_counter() - t0
     log.info("wrote %s: %d frames in %.1f s", out, num_out, seconds)
     return StreamReport(out, num_out, info.fps, info.width, info.height, info.num_frames, plan.summary, seconds)
+
+
+class _Stopped(Exception):
+    """Raised in a helper thread when the job stops for another reason (the main thread's error)."""
+
+
+class _Stages:
+    """Runs pass 2 as prepare (decode + align) -> sample -> finish (paste + encode) per segment, either
+    one after the other or overlapped: prepare(k+1) and finish(k-1) on two helper threads while the
+    calling thread samples k. Segments are finished in order, at most one prepared ahead."""
+
+    def __init__(self, overlap: bool, check_interrupt: Callable[[], None] | None):
+        self.overlap = overlap
+        self.check_interrupt = check_interrupt
+        self.stop = threading.Event()
+
+    def check(self) -> None:
+        """The interrupt check for the helpers' blocks: also stops them when the job failed elsewhere."""
+        if self.stop.is_set():
+            raise _Stopped()
+        if self.check_interrupt is not None:
+            self.check_interrupt()
+
+    def run(self, segments, prepare, sample, finish) -> None:
+        if not self.overlap:
+            for segment in segments:
+                rows, held, faces = prepare(segment)
+                result = sample(rows, faces)
+                del faces
+                finish(rows, held, result)
+                del held, result
+            return
+        with ThreadPoolExecutor(1, thread_name_prefix="latentsync-prepare") as preparer, \
+                ThreadPoolExecutor(1, thread_name_prefix="latentsync-write") as writer:  # fmt: skip
+            pending = []
+            try:
+                ahead = preparer.submit(prepare, segments[0]) if segments else None
+                written = None
+                for k in range(len(segments)):
+                    rows, held, faces = ahead.result()
+                    ahead = preparer.submit(prepare, segments[k + 1]) if k + 1 < len(segments) else None
+                    pending = [f for f in (ahead, written) if f is not None]
+                    result = sample(rows, faces)
+                    del faces
+                    if written is not None:
+                        written.result()  # in order; raises the writer's error
+                    written = writer.submit(finish, rows, held, result)
+                    pending = [f for f in (ahead, written) if f is not None]
+                    del held, result
+                if written is not None:
+                    written.result()
+            except BaseException:
+                self.stop.set()  # the helpers stop at their next block; their own errors are secondary
+                for future in pending:
+                    future.cancel()
+                raise
 
 
 def _waveform_ct(waveform: Any) -> torch.Tensor:
@@ -339,10 +429,12 @@ def _gather(reader, src, synced, affines, res, hold, check_interrupt):
     """Decode a segment block by block: the aligned faces of its synced frames (uint8 ``[n, res, res, 3]``)
     and, when ``hold``, its decoded frames for paste-back (else None: they are decoded again)."""
     from .face.geometry import warp_face
+    from .face.threads import default_workers, ordered_map
 
     faces = np.full((int(synced.sum()), res, res, 3), FACE_BORDER_VALUE, dtype=np.uint8)
     held = [] if hold else None
     k = 0
+    workers = default_workers()
     for s in range(0, len(src), IO_BLOCK):
         if check_interrupt is not None:
             check_interrupt()
@@ -350,8 +442,10 @@ def _gather(reader, src, synced, affines, res, hold, check_interrupt):
         if not hold and not block_synced.any():
             continue
         frames = _read(reader, block_src)
-        for j in np.flatnonzero(block_synced):
-            faces[k] = warp_face(frames[j], affines[block_src[j]], res)
+        todo = np.flatnonzero(block_synced)
+        warps = ordered_map(lambda j, f=frames, s=block_src: warp_face(f[j], affines[s[j]], res), todo, workers)
+        for face in warps:  # OpenCV releases the GIL: the warps run on a few threads
+            faces[k] = face
             k += 1
         if hold:
             held.append(frames)

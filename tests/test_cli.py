@@ -178,7 +178,7 @@ def test_cli_finds_the_task_file_under_models_on_new_mediapipe(face_clip, tmp_pa
     out = tmp_path / "synced.mp4"
     argv = ["--video", str(clip), "--audio", str(speech), "--out", str(out), "--models", str(models), *TINY]
     assert cli.main([*argv, "--steps", "1", "--guidance", "1.0", "--no-download", "-q"]) == 0
-    assert opened == [str(models / "latentsync" / "face_landmarker.task")]
+    assert opened and set(opened) == {str(models / "latentsync" / "face_landmarker.task")}  # one per thread
     assert probe_video(out).num_frames == 3
 
 

@@ -183,3 +183,48 @@ def test_bad_arguments():
         FaceAligner(256, face=-1)
     with pytest.raises(ValueError):
         FaceAligner(256, backend=ScriptedBackend([[]])).align(np.zeros((1, 8, 8), np.uint8))
+
+
+def test_detection_threads_use_one_backend_each_and_keep_the_order(mesh, monkeypatch):
+    """workers > 1: one landmark model per thread, never shared between two threads at once, results in
+    frame order, every model closed; a backend passed in stays on one thread."""
+    import threading
+    import time
+
+    from latentsync_core.face import aligner as aligner_module
+
+    opened = []
+
+    class Guarded:
+        name = "guarded"
+
+        def __init__(self, *args, **kwargs):
+            self.lock, self.threads, self.closed = threading.Lock(), set(), False
+            opened.append(self)
+
+        def detect(self, frame):
+            assert self.lock.acquire(blocking=False), "one landmark model used by two threads at once"
+            try:
+                self.threads.add(threading.get_ident())
+                time.sleep(0.002)
+                return [mesh + float(frame[0, 0, 0])]  # each frame's own mesh
+            finally:
+                self.lock.release()
+
+        def close(self):
+            self.closed = True
+
+    monkeypatch.setattr(aligner_module, "open_backend", Guarded)
+    frames = [np.full((480, 640, 3), v, dtype=np.uint8) for v in range(23)]
+    aligner = FaceAligner(256, workers=3)
+    landmarks, found = aligner.detect(frames)
+    assert found.all() and len(opened) == 3
+    expected = np.stack([to_68(mesh + v) for v in range(23)])
+    assert np.array_equal(landmarks, expected)
+    assert len(set().union(*(b.threads for b in opened))) > 1  # really ran on several threads
+    aligner.close()
+    assert all(b.closed for b in opened)
+
+    scripted = ScriptedBackend([[mesh]] * 5)
+    FaceAligner(256, backend=scripted, workers=3).detect(frames[:5])
+    assert scripted.calls == 5

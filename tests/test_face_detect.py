@@ -70,6 +70,25 @@ def test_real_detection_on_golden_frames(face_backend):
         assert np.linalg.norm(lm - golden, axis=-1).mean() <= LANDMARK_BOUND[_kind(face_backend)]
 
 
+def test_detection_threads_equal_one_thread(face_backend):
+    """One landmark model per detection thread: the landmarks equal a one-thread run bit for bit."""
+    f0, f15 = (load_frame(i) for i in DETECT_FRAMES)
+    frames = [f0, f15, np.full_like(f0, 30), np.ascontiguousarray(f0[:, ::-1]), f15, f0, f15]
+    runs = {}
+    for workers in (1, 3):
+        aligner = FaceAligner(256, task_path=None if face_backend == "legacy" else face_backend, download=False,
+                              workers=workers)
+        try:
+            runs[workers] = aligner.detect(frames)
+            assert len(aligner._extra_backends) == workers - 1  # one model per thread
+        finally:
+            aligner.close()
+    (lm1, found1), (lm3, found3) = runs[1], runs[3]
+    assert found1.tolist() == [True, True, False, True, True, True, True]
+    assert np.array_equal(found1, found3) and np.array_equal(lm1, lm3, equal_nan=True)
+    assert np.array_equal(lm1[0], lm1[5]) and not np.array_equal(lm1[0], lm1[3])
+
+
 def test_real_alignment_close_to_golden_face(face_backend):
     """Frame 0 (no smoothing history): aligned with the detected landmarks vs the official aligned face."""
     golden_face = np.load(FACE / "geometry.npz")["faces"][0].astype(np.float64)

@@ -98,15 +98,17 @@ def test_plan_segments_hold_whole_chunks():
 
 
 # --- equal to one sampler run -----------------------------------------------------------------------
-def test_stream_equals_one_sampler_run_over_the_whole_video(clip, speech, models, tmp_path, monkeypatch):
+@pytest.mark.parametrize("overlap", [False, True], ids=["serial", "overlap"])
+def test_stream_equals_one_sampler_run_over_the_whole_video(clip, speech, models, tmp_path, monkeypatch, overlap):
     """2 segments of 16 synced frames (one frame without a face, the ping-pong loop read backwards):
     the frames sent to the encoder are bit-identical to aligning the whole clip, one sync_faces call with
-    the same seed, and paste-back with float faces (what the IMAGE graph computes)."""
+    the same seed, and paste-back with float faces (what the IMAGE graph computes); the same with the
+    CPU stages overlapped with sampling (helper threads)."""
     monkeypatch.setattr(stream, "VideoWriter", Recorder)
     monkeypatch.setattr(stream, "IO_BLOCK", 5)
     Recorder.frames = []
     out = tmp_path / "out.mp4"
-    report = run_stream(clip, out, speech, models, segment_frames=16)
+    report = run_stream(clip, out, speech, models, segment_frames=16, overlap=overlap)
     got = np.concatenate(Recorder.frames)
 
     with VideoReader(clip) as r:
@@ -139,10 +141,52 @@ def test_a_segment_too_big_to_hold_is_decoded_again(clip, models, tmp_path, monk
     Recorder.frames = []
     run_stream(clip, tmp_path / "a.mp4", speech, models)
     held = np.concatenate(Recorder.frames)
-    Recorder.frames = []
     monkeypatch.setattr(stream, "HOLD_BYTES", 0)
-    run_stream(clip, tmp_path / "b.mp4", speech, models)
-    assert np.array_equal(np.concatenate(Recorder.frames), held)
+    for overlap in (False, True):  # overlapped: paste-back decodes again on its own reader
+        Recorder.frames = []
+        run_stream(clip, tmp_path / f"b{overlap}.mp4", speech, models, overlap=overlap)
+        assert np.array_equal(np.concatenate(Recorder.frames), held)
+
+
+def _helper_threads() -> list[str]:
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name.startswith(("latentsync-prepare", "latentsync-write"))]
+
+
+@pytest.mark.parametrize("where", ["sampler", "prepare", "paste"])
+def test_cancel_with_overlap_stops_every_stage_and_writes_nothing(clip, speech, models, tmp_path, monkeypatch, where):
+    """Overlapped stages: a cancel in the sampler (main thread) or in a helper thread (the next segment's
+    decode, the previous segment's paste-back) ends the job with that error, stops the helpers and keeps
+    the earlier file; the next run is complete."""
+    import threading
+
+    out = tmp_path / "result.mp4"
+    out.write_bytes(b"an earlier result")
+    helper = {"sampler": None, "prepare": "latentsync-prepare", "paste": "latentsync-write"}[where]
+    calls = {"main": 0}
+
+    def cancel():
+        name = threading.current_thread().name
+        if helper is None and threading.current_thread() is threading.main_thread():
+            calls["main"] += 1
+            if calls["main"] == 3:  # a U-Net call of segment 2 (pass 1 + segment 1 came first)
+                raise KeyboardInterrupt
+        elif helper is not None and name.startswith(helper):
+            calls[name] = calls.get(name, 0) + 1
+            if calls[name] == 2:  # the helper's second block
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(stream, "IO_BLOCK", 4)
+    waveform, rate = speech
+    with pytest.raises(KeyboardInterrupt):
+        lip_sync_video(str(clip), str(out), waveform, rate, **models,
+                       settings=StreamSettings(**FAST, segment_frames=16, overlap=True), check_interrupt=cancel)
+    assert out.read_bytes() == b"an earlier result"
+    assert sorted(os.listdir(tmp_path)) == ["result.mp4"]
+    assert _helper_threads() == []
+    report = run_stream(clip, out, speech, models, segment_frames=16, overlap=True)
+    assert probe_video(out).num_frames == report.num_frames == 20
 
 
 # --- cancel, failures, bad input ---------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import queue
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -90,7 +91,10 @@ class FaceAligner:
     FaceLandmarker on ``task_path``; without one, ``face_landmarker.task`` is looked up in
     ``<models_dir>/latentsync/`` (``models_dir``, else env ``LATENTSYNC_MODELS``), ``task_folders``
     and the cache, and downloaded when ``download`` is True and ``HF_HUB_OFFLINE`` is not set; see
-    ``task_file.resolve_task_file``). workers: threads for the warps (OpenCV releases the GIL).
+    ``task_file.resolve_task_file``). workers: threads for detection and the warps (mediapipe and
+    OpenCV release the GIL). Detection runs one landmark model per thread (they are not thread-safe);
+    static-image mode makes every frame independent, so the landmarks equal a one-thread run bit for
+    bit. A ``backend`` passed in is a single instance: detection then runs on one thread.
     """
 
     def __init__(
@@ -119,20 +123,38 @@ class FaceAligner:
         self.download = download
         self.workers = default_workers() if workers is None else workers
         self._backend = backend
+        self._own_backends = backend is None
+        self._extra_backends: list[LandmarkBackend] = []  # detection threads 2.. (own backends only)
+
+    def _open_backend(self) -> LandmarkBackend:
+        max_faces = 4 if self.face == "largest" else max(4, int(self.face) + 1)
+        return open_backend(
+            max_faces, self.task_path, models_dir=self.models_dir, folders=self.task_folders, download=self.download,
+        )  # fmt: skip
 
     @property
     def backend(self) -> LandmarkBackend:
         if self._backend is None:
-            max_faces = 4 if self.face == "largest" else max(4, int(self.face) + 1)
-            self._backend = open_backend(
-                max_faces, self.task_path, models_dir=self.models_dir, folders=self.task_folders,
-                download=self.download,
-            )  # fmt: skip
+            self._backend = self._open_backend()
+            if self.task_path is None and hasattr(self._backend, "model_path"):
+                self.task_path = self._backend.model_path  # resolved once; the other threads' copies reuse it
         return self._backend
 
+    def _backends(self, count: int) -> list[LandmarkBackend]:
+        """``count`` landmark models for as many detection threads (fewer for a backend passed in)."""
+        first = self.backend
+        if not self._own_backends:
+            return [first]
+        while len(self._extra_backends) < count - 1:
+            self._extra_backends.append(self._open_backend())
+        return [first, *self._extra_backends[: count - 1]]
+
     def close(self) -> None:
-        if self._backend is not None:
-            self._backend.close()
+        for backend in [self._backend, *self._extra_backends] if self._own_backends else []:
+            if backend is not None:
+                backend.close()
+        self._extra_backends = []
+        if self._own_backends:
             self._backend = None
 
     def detect(self, frames: Sequence[np.ndarray], progress: Progress | None = None, total: int | None = None):
@@ -140,8 +162,19 @@ class FaceAligner:
         n = len(frames)
         landmarks = np.full((n, 68, 2), np.nan)
         found = np.zeros(n, dtype=bool)
-        for i in range(n):
-            mesh = select_face(self.backend.detect(_rgb_uint8(frames[i])), self.face)
+        idle: queue.SimpleQueue[LandmarkBackend] = queue.SimpleQueue()
+        backends = self._backends(max(1, min(self.workers, n)))
+        for backend in backends:
+            idle.put(backend)
+
+        def detect_one(i: int) -> np.ndarray | None:
+            backend = idle.get()  # ordered_map runs at most len(backends) calls at once: never waits
+            try:
+                return select_face(backend.detect(_rgb_uint8(frames[i])), self.face)
+            finally:
+                idle.put(backend)
+
+        for i, mesh in enumerate(ordered_map(detect_one, range(n), len(backends))):
             if mesh is not None:
                 landmarks[i], found[i] = to_68(mesh), True
             if progress is not None:

@@ -123,6 +123,7 @@ class TasksFaceLandmarker:
     def __init__(self, model_path: str, max_faces: int = 4, min_detection_confidence: float = 0.5):
         from mediapipe.tasks.python import BaseOptions, vision
 
+        self.model_path = str(model_path)
         options = vision.FaceLandmarkerOptions(
             base_options=BaseOptions(model_asset_path=str(model_path)),
             running_mode=vision.RunningMode.IMAGE,
