@@ -230,7 +230,9 @@ def run_workflow(server: Server, workflow: str, video: Path, audio: Path, out_di
     cmd = [sys.executable, str(ROOT / "workflows" / "run_api.py"), "--server", server.url, "--video", str(video),
            "--audio", str(audio), "--out-dir", str(out_dir), "--set", f"LatentSyncModelLoader.unet_name={args.unet}",
            "--set", f"VAELoader.vae_name={args.vae}", "--set", f"9.steps={args.steps}",
-           "--set", f"9.guidance={args.guidance}", str(ROOT / "workflows" / "api" / workflow)]  # fmt: skip
+           "--set", f"9.guidance={args.guidance}",
+           *(["--set", f"LatentSyncWhisperLoader.whisper={args.whisper}"] if args.whisper else []),
+           str(ROOT / "workflows" / "api" / workflow)]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         raise RuntimeError(f"run_api exit {res.returncode}: {res.stderr[-2000:]}")
@@ -362,6 +364,8 @@ def main() -> None:
     p.add_argument("--guidance", type=float, default=1.0)
     p.add_argument("--unet", default="tiny/latentsync_unet.pt", help="U-Net under models/latentsync/")
     p.add_argument("--vae", default="tiny-random-taesd.safetensors", help="VAE under models/vae/")
+    p.add_argument("--whisper", default=None,
+                   help="whisper under models/latentsync/ (default: the workflow's, whisper/tiny.pt)")
     p.add_argument("--margin", type=float, default=4.0, help="GiB of memory the IMAGE graph runs must leave free")
     p.add_argument("--work", default=os.path.join(tempfile.gettempdir(), "latentsync_long_video_bench"))
     p.add_argument("--timeline", help="folder for per-run RSS timelines (CSV: seconds, bytes)")

@@ -253,6 +253,9 @@ def cmd_compile(args) -> None:
         t0 = time.perf_counter()
         compiled(full[0], t, full[1])
         print(f"compile (16 frames): {time.perf_counter() - t0:.1f} s")
+        eager_out, compiled_out = unet(full[0], t, full[1]), compiled(full[0], t, full[1])
+        print(f"compiled vs eager, 16 frames: max abs diff {(compiled_out - eager_out).abs().max().item():.2e} "
+              f"(output max abs {eager_out.abs().max().item():.2f})")
         print(f"16 frames: eager {timed(unet, full[0], t, full[1]) * 1e3:.1f} ms, "
               f"compiled {timed(compiled, full[0], t, full[1]) * 1e3:.1f} ms")
         print(f"5 frames eager: {timed(unet, short[0], t, short[1]) * 1e3:.1f} ms; "

@@ -169,9 +169,10 @@ class LatentSyncModelLoader:
             "optional": {
                 "compile": (["off", "torch.compile"], {
                     "default": "off",
-                    "tooltip": "torch.compile the U-Net: the same result, faster sampling after a one-time "
+                    "tooltip": "torch.compile the U-Net: the same model, faster sampling after a one-time "
                                "compile of a minute or more (needs a working Triton/C++ compiler; DeepCache "
-                               "and the short last chunk run uncompiled)."}),
+                               "and the short last chunk run uncompiled). Not bit-exact: compiled kernels "
+                               "round differently from eager ones."}),
             },
         }
 

@@ -79,10 +79,11 @@ def test_node_runs_the_same_job_as_the_command_line(pack, node_models, inputs, t
     """Node and command line hand the sampler the same aligned faces, audio windows, noise, generator
     state and settings, segment for segment, and write the same video format and length.
 
-    Their frames are usually bit-identical too, but not always: the two runs load separate copies of
-    the random tiny models, and on CPU the float32 kernels do not always round identically between two
-    runs in one process (seen in fresh CI clones: ~8 % of pixels differed once in a few runs, the random
-    weights amplifying the last bit). Bit-identity for the same objects is test_stream's
+    When the sampler returns the same faces to both, the written frames must be bit-identical (paste-back,
+    encoding and muxing are the same). The sampler's faces themselves usually are, but not always: the
+    two runs load separate copies of the random tiny models, and on CPU the float32 kernels do not always
+    round identically between two runs in one process (seen in fresh CI clones: ~8 % of pixels differed
+    in 2 of ~6 runs, the random weights amplifying the last bit; never seen in 8 runs on 2026-12-02). Bit-identity for the same objects is test_stream's
     test_stream_equals_one_sampler_run_over_the_whole_video."""
     clip, wav, audio = inputs
     node_calls, cli_calls = [], []
@@ -115,7 +116,13 @@ def test_node_runs_the_same_job_as_the_command_line(pack, node_models, inputs, t
         assert node_call["out"].shape == cli_call["out"].shape
     cli_info = probe_video(cli_out)
     assert (cli_info.width, cli_info.height, cli_info.fps, cli_info.num_frames) == (320, 240, 25, 7)
-    assert decoded(path).shape == decoded(cli_out).shape
+    node_frames, cli_frames = decoded(path), decoded(cli_out)
+    assert node_frames.shape == cli_frames.shape
+    node_faces, cli_faces = node_calls[0]["out"], cli_calls[0]["out"]
+    if torch.equal(node_faces, cli_faces):  # the usual case: then the written frames are bit-identical
+        assert np.array_equal(node_frames, cli_frames)
+    else:  # CPU float32 rounding between the two model copies (see the docstring): small, never a wrong job
+        assert (node_faces.float() - cli_faces.float()).abs().max() <= 0.1
 
 
 def test_path_input_and_input_errors(pack, node_models, inputs):
