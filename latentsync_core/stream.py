@@ -383,27 +383,23 @@ class _Stages:
             return
         with ThreadPoolExecutor(1, thread_name_prefix="latentsync-prepare") as preparer, \
                 ThreadPoolExecutor(1, thread_name_prefix="latentsync-write") as writer:  # fmt: skip
-            pending = []
+            ahead, written = preparer.submit(prepare, segments[0]), None
             try:
-                ahead = preparer.submit(prepare, segments[0]) if segments else None
-                written = None
                 for k in range(len(segments)):
                     rows, held, faces = ahead.result()
                     ahead = preparer.submit(prepare, segments[k + 1]) if k + 1 < len(segments) else None
-                    pending = [f for f in (ahead, written) if f is not None]
                     result = sample(rows, faces)
                     del faces
                     if written is not None:
                         written.result()  # in order; raises the writer's error
                     written = writer.submit(finish, rows, held, result)
-                    pending = [f for f in (ahead, written) if f is not None]
                     del held, result
-                if written is not None:
-                    written.result()
+                written.result()
             except BaseException:
                 self.stop.set()  # the helpers stop at their next block; their own errors are secondary
-                for future in pending:
-                    future.cancel()
+                for future in (ahead, written):
+                    if future is not None:
+                        future.cancel()
                 raise
 
 
