@@ -28,11 +28,12 @@ from latentsync_core.unet import load_unet  # noqa: E402
 from latentsync_core.unet.config import UNetConfig  # noqa: E402
 
 
-def build(device: torch.device, dtype: torch.dtype):
+def build(device: torch.device, dtype: torch.dtype, config: UNetConfig | None = None):
+    """The U-Net (full size unless ``config``) and an sd-vae-ft-mse-shaped VAE, random weights."""
     from diffusers import AutoencoderKL
 
     torch.manual_seed(0)
-    unet = load_unet(UNetConfig(), None, device=device, dtype=dtype)
+    unet = load_unet(config or UNetConfig(), None, device=device, dtype=dtype)
     vae = AutoencoderKL(block_out_channels=(128, 256, 512, 512), layers_per_block=2,
                         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
                         latent_channels=4, sample_size=256)

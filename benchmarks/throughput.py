@@ -6,6 +6,9 @@ memory per chunk, host syncs in the step loop, and CPU seconds per frame for chu
     python benchmarks/throughput.py profile            # host syncs / concatenations per step (CPU, tiny)
     python benchmarks/throughput.py cpu --repeat 2     # s per output frame, chunk_batch 1 vs 2 (small config)
     python benchmarks/throughput.py compile            # tiny U-Net: eager vs torch.compile, short chunk
+    python benchmarks/throughput.py channels-last --frames 8  # CPU: one full-size forward, layout A/B
+    python benchmarks/throughput.py gpu --out gpu.json # CUDA: fps and peak VRAM, 1.5/1.6 x compile x
+                                                       # chunk_batch x deepcache (benchmarks/gpu_run.sh)
 
 FLOP are counted with ``torch.utils.flop_counter.FlopCounterMode`` on the meta device (no memory, no
 time): U-Net forwards at B=2 (CFG), 16 frames; VAE (sd-vae-ft-mse layout) two encodes (masked face,
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 import weakref
@@ -210,7 +214,8 @@ def cmd_cpu(args) -> None:
     from latentsync_core.pipeline import LipSyncPipeline
     from latentsync_core.vae import load_vae
 
-    cfg = UNetConfig(block_out_channels=tuple(args.channels))
+    cfg = UNetConfig(block_out_channels=tuple(args.channels or (64, 128, 256, 256)))
+    args.steps = args.steps or 2
     torch.manual_seed(0)
     unet = build_unet(cfg, "cpu")
     vae = load_vae(FIXTURES / "pipeline" / "vae_tiny_random.pt", FIXTURES / "pipeline" / "vae_config.json")
@@ -265,18 +270,164 @@ def cmd_compile(args) -> None:
         print(f"compiling a 5-frame shape instead: {time.perf_counter() - t0:.1f} s (a recompile)")
 
 
+def cmd_channels_last(args) -> None:
+    """One U-Net forward (full size unless ``--channels``, 256 px faces -> 32x32 latents, B=2) in the
+    default layout vs channels-last, alternating A/B in one process after one warm-up of each."""
+    cfg = UNetConfig(block_out_channels=tuple(args.channels)) if args.channels else UNetConfig()
+    torch.manual_seed(0)
+    unet = build_unet(cfg, "cpu")
+    sample, audio = unet_inputs(args.resolution // 8, frames=args.frames, device="cpu")
+    sample.normal_()
+    audio.normal_()
+    t = torch.tensor(500)
+
+    def forward(channels_last: bool) -> float:
+        unet.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            out = unet(sample, t, audio)
+        assert torch.isfinite(out).all()
+        return time.perf_counter() - t0
+
+    print(f"{sum(p.numel() for p in unet.parameters()):,} parameters, B=2, {args.frames} frames, "
+          f"{args.resolution // 8}x{args.resolution // 8} latents, {torch.get_num_threads()} threads", flush=True)
+    forward(False), forward(True)  # warm-ups (oneDNN primitive caches for both layouts)
+    for r in range(args.repeat):
+        load = os.getloadavg()[0]
+        a, b = forward(False), forward(True)
+        print(f"round {r + 1}: load {load:.2f}-{os.getloadavg()[0]:.2f}, contiguous {a:.2f} s, channels-last "
+              f"{b:.2f} s ({a / b:.3f}x)", flush=True)
+
+
+def gpu_matrix(args) -> list[dict]:
+    """The rows of ``gpu``, most wanted first (a run cut short by its time budget keeps the first ones):
+    per version the eager chunk_batch x deepcache grid and channels-last, then torch.compile."""
+    rows = []
+    for version, res in zip(args.versions, args.resolutions):
+        for deepcache in (0, 3):
+            for k in args.chunk_batches:
+                rows.append(dict(version=version, resolution=res, compile=False, channels_last=False,
+                                 chunk_batch=k, deepcache=deepcache))
+        rows.append(dict(version=version, resolution=res, compile=False, channels_last=True,
+                         chunk_batch=args.chunk_batches[-1], deepcache=0))
+    if not args.skip_compile:
+        for version, res in zip(args.versions, args.resolutions):
+            for k in (args.chunk_batches[0], args.chunk_batches[-1]):
+                rows.append(dict(version=version, resolution=res, compile=True, channels_last=False,
+                                 chunk_batch=k, deepcache=0))
+    return rows
+
+
+def cmd_gpu(args) -> None:
+    """Output fps and peak device memory of ``sync_faces`` (H2D copies, VAE encodes/decode, every U-Net
+    call: the sampler's whole work per frame) with the full-size U-Net and the sd-vae-ft-mse layout,
+    random weights (speed and memory do not depend on them), DDIM 20 steps, CFG 1.5. Each row: one
+    warm-up run (kernels, allocator; for compile: the compile, timed), then ``--repeat`` timed runs; the
+    JSON file is rewritten after every row, so a run stopped at its time limit keeps what it measured.
+    ``--device cpu --channels 32 64 64 64 --resolutions 64`` checks the script itself on a CPU."""
+    import datetime
+    import json
+    import platform
+
+    import diffusers
+    from pipeline import build  # benchmarks/pipeline.py: the random full-size U-Net and VAE
+
+    from latentsync_core.pipeline import LipSyncPipeline
+    from latentsync_core.sampling import compile_unet
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    cuda = device.type == "cuda"
+    args.steps = args.steps or 20
+    torch.set_grad_enabled(False)
+    cfg = UNetConfig(block_out_channels=tuple(args.channels)) if args.channels else UNetConfig()
+    report = {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "device": torch.cuda.get_device_name(device) if cuda else f"cpu ({platform.processor() or 'cpu'})",
+        "torch": torch.__version__, "cuda": torch.version.cuda, "diffusers": diffusers.__version__,
+        "dtype": args.dtype, "steps": args.steps, "guidance": 1.5, "frames": args.frames,
+        "block_out_channels": list(cfg.block_out_channels), "cpu_count": os.cpu_count(), "rows": [],
+    }
+
+    def save():
+        if args.out:
+            Path(args.out).write_text(json.dumps(report, indent=1))
+
+    def timed_run(pipe, faces, audio, row, steps):
+        if cuda:
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        t0 = time.perf_counter()
+        pipe.sync_faces(faces, audio, steps=steps, guidance=1.5, seed=0, deepcache=row["deepcache"],
+                        chunk_batch=row["chunk_batch"])
+        if cuda:
+            torch.cuda.synchronize(device)
+        peak = (torch.cuda.max_memory_allocated(device), torch.cuda.max_memory_reserved(device)) if cuda else (0, 0)
+        return time.perf_counter() - t0, peak
+
+    start = time.perf_counter()
+    models: dict = {}
+    print(f"{report['device']}, torch {torch.__version__}, {args.dtype}, {args.frames} frames, {args.steps} steps",
+          flush=True)
+    for row in gpu_matrix(args):
+        if time.perf_counter() - start > args.budget_s:
+            row["skipped"] = f"time budget of {args.budget_s} s spent"
+            report["rows"].append(row)
+            continue
+        try:
+            if "unet" not in models:
+                torch.manual_seed(0)
+                models["unet"], models["vae"] = build(device, dtype, cfg)
+            unet = models["unet"]
+            if row["channels_last"]:
+                unet = unet.to(memory_format=torch.channels_last)
+            elif unet.channels_last:
+                unet = unet.to(memory_format=torch.contiguous_format)
+            if row["compile"]:
+                torch.compiler.reset()  # one compiled graph alive at a time
+                unet = compile_unet(unet)
+            pipe = LipSyncPipeline(unet, models["vae"])
+            g = torch.Generator().manual_seed(0)
+            faces = torch.rand(args.frames, row["resolution"], row["resolution"], 3, generator=g)
+            audio = torch.randn(args.frames, AUDIO_TOKENS_PER_FRAME, AUDIO_EMBED_DIM, generator=g)
+            warm, _ = timed_run(pipe, faces, audio, row, 1)  # compiles here when compiled
+            secs = [timed_run(pipe, faces, audio, row, args.steps) for _ in range(args.repeat)]
+            best = min(s for s, _ in secs)
+            row.update(warmup_s=round(warm, 2), seconds=[round(s, 3) for s, _ in secs],
+                       fps=round(args.frames / best, 2), fps_range=[round(args.frames / max(s for s, _ in secs), 2),
+                                                                  round(args.frames / best, 2)],
+                       peak_allocated_gib=round(max(p[0] for _, p in secs) / 2**30, 2),
+                       peak_reserved_gib=round(max(p[1] for _, p in secs) / 2**30, 2))
+        except Exception as exc:  # a row that fails (e.g. no Triton) must not lose the others
+            row["error"] = f"{type(exc).__name__}: {exc}"[:500]
+        report["rows"].append(row)
+        save()
+        print(json.dumps(row), flush=True)
+    save()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["flops", "memory", "profile", "cpu", "compile"])
+    parser.add_argument("what", choices=["flops", "memory", "profile", "cpu", "compile", "channels-last", "gpu"])
     parser.add_argument("--resolutions", type=int, nargs="+", default=[256, 512])
-    parser.add_argument("--channels", type=int, nargs="+", default=[64, 128, 256, 256], help="cpu: small config")
+    parser.add_argument("--channels", type=int, nargs="+", default=None,
+                        help="U-Net block_out_channels (cpu: default 64 128 256 256; gpu: the full 320 640 1280 1280)")
     parser.add_argument("--resolution", type=int, default=256, help="cpu: face size")
-    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=None, help="cpu: default 2; gpu: default 20 (official)")
     parser.add_argument("--repeat", type=int, default=2)
+    gpu = parser.add_argument_group("gpu")
+    gpu.add_argument("--versions", nargs="+", default=["1.5", "1.6"], help="gpu: labels, one per --resolutions")
+    gpu.add_argument("--frames", type=int, default=64, help="gpu: output frames per run (64 = 4 chunks); channels-last: frames per forward")
+    gpu.add_argument("--chunk-batches", type=int, nargs="+", default=[1, 2, 4])
+    gpu.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    gpu.add_argument("--device", default=None, help="gpu: default cuda when available")
+    gpu.add_argument("--skip-compile", action="store_true")
+    gpu.add_argument("--budget-s", type=float, default=420, help="gpu: start no new row after this many seconds")
+    gpu.add_argument("--out", default=None, help="gpu: JSON file, rewritten after every row")
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
         {"flops": cmd_flops, "memory": cmd_memory, "profile": cmd_profile, "cpu": cmd_cpu,
-         "compile": cmd_compile}[args.what](args)
+         "compile": cmd_compile, "channels-last": cmd_channels_last, "gpu": cmd_gpu}[args.what](args)
 
 
 if __name__ == "__main__":
