@@ -13,6 +13,7 @@ from torch.utils._pytree import tree_flatten
 from latentsync_core.convert import main as convert_main
 from latentsync_core.errors import CheckpointError, ModelMissingError
 from latentsync_core.unet import build_unet, load_config, load_unet
+from latentsync_core.unet.motion import sinusoid_table
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "unet"
 CONFIG = FIXTURES / "config.json"
@@ -53,7 +54,17 @@ def test_bare_and_prefixed_state_dicts(tmp_path, official_sd, prefix):
 def test_missing_position_buffers_are_recomputed(official_sd):
     partial = {k: v for k, v in official_sd.items() if not k.endswith("pos_encoder.pe")}
     assert len(partial) < len(official_sd)
-    assert_same_weights(load_unet(CONFIG, partial), official_sd)
+    loaded = load_unet(CONFIG, partial).state_dict()
+    assert loaded.keys() == official_sd.keys()
+    for k, v in official_sd.items():
+        if k in partial:
+            assert torch.equal(loaded[k], v), k
+            continue
+        # The official formula, recomputed here: torch's float32 exp runs through MKL, whose result differs
+        # by 1 ulp between instruction sets (the fixture's 64-wide table vs AVX-512's: 2 of its 32 div_term
+        # entries). So: exactly this machine's official table, and the fixture's within 1 ulp.
+        assert torch.equal(loaded[k], sinusoid_table(v.shape[2], v.shape[1])), k
+        torch.testing.assert_close(loaded[k], v, rtol=0, atol=2e-6)
 
 
 def test_safetensors_round_trip_via_cli(tmp_path, official_sd, capsys):
