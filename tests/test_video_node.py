@@ -75,20 +75,34 @@ def _record_sync_inputs(monkeypatch, module, log):
     monkeypatch.setattr(module.LipSyncPipeline, "sync_faces", spy)
 
 
+def _record_written_frames(monkeypatch, module, log):
+    """Spy on ``module.VideoWriter.write``: a copy of the uint8 frames handed to the encoder."""
+    original = module.VideoWriter.write
+
+    def spy(self, frames):
+        log.append(np.array(frames, copy=True).reshape(-1, *np.shape(frames)[-3:]))
+        return original(self, frames)
+
+    monkeypatch.setattr(module.VideoWriter, "write", spy)
+
+
 def test_node_runs_the_same_job_as_the_command_line(pack, node_models, inputs, tmp_path, monkeypatch):
     """Node and command line hand the sampler the same aligned faces, audio windows, noise, generator
-    state and settings, segment for segment, and write the same video format and length.
+    state and settings, segment for segment, get the same faces back, hand the encoder bit-identical
+    frames, and write the same video format and length.
 
-    When the sampler returns the same faces to both, the written frames must be bit-identical (paste-back,
-    encoding and muxing are the same). The sampler's faces themselves usually are, but not always: the
-    two runs load separate copies of the random tiny models, and on CPU the float32 kernels do not always
-    round identically between two runs in one process (seen in fresh CI clones: ~8 % of pixels differed
-    in 2 of ~6 runs, the random weights amplifying the last bit; never seen in 8 runs on 2026-12-02). Bit-identity for the same objects is test_stream's
-    test_stream_equals_one_sampler_run_over_the_whole_video."""
+    The files themselves are compared through their frames only within H.264's loss: libx264 is not
+    always byte-reproducible from run to run on identical input frames (its macroblock-tree rate control;
+    on 2026-12-03, 5 of 20 encodes of the same 7 frames in one process differed, single-threaded too,
+    and every one of 60 with ``no-mbtree``), which is what made this test flaky when it compared decoded
+    frames. test_stream's test_stream_equals_one_sampler_run_over_the_whole_video covers the sampler."""
     clip, wav, audio = inputs
     node_calls, cli_calls = [], []
     _record_sync_inputs(monkeypatch, sys.modules[f"{PACK_NAME}.latentsync_core.pipeline"], node_calls)
     _record_sync_inputs(monkeypatch, sys.modules["latentsync_core.pipeline"], cli_calls)
+    node_written, cli_written = [], []
+    _record_written_frames(monkeypatch, sys.modules[f"{PACK_NAME}.latentsync_core.video_io"], node_written)
+    _record_written_frames(monkeypatch, sys.modules["latentsync_core.video_io"], cli_written)
     comfy.utils.UPDATES.clear()
     out = run_node(pack, node_models, audio, video=VideoFromFile(str(clip)))
     video, report = out["result"]
@@ -113,16 +127,14 @@ def test_node_runs_the_same_job_as_the_command_line(pack, node_models, inputs, t
         assert a.keys() == b.keys()
         for key in a:
             assert np.array_equal(a[key], b[key]) if isinstance(a[key], np.ndarray) else a[key] == b[key], key
-        assert node_call["out"].shape == cli_call["out"].shape
+        assert torch.equal(node_call["out"], cli_call["out"])  # the same faces from the sampler
     cli_info = probe_video(cli_out)
     assert (cli_info.width, cli_info.height, cli_info.fps, cli_info.num_frames) == (320, 240, 25, 7)
-    node_frames, cli_frames = decoded(path), decoded(cli_out)
-    assert node_frames.shape == cli_frames.shape
-    node_faces, cli_faces = node_calls[0]["out"], cli_calls[0]["out"]
-    if torch.equal(node_faces, cli_faces):  # the usual case: then the written frames are bit-identical
-        assert np.array_equal(node_frames, cli_frames)
-    else:  # CPU float32 rounding between the two model copies (see the docstring): small, never a wrong job
-        assert (node_faces.float() - cli_faces.float()).abs().max() <= 0.1
+    node_frames, cli_frames = np.concatenate(node_written), np.concatenate(cli_written)
+    assert node_frames.shape == (7, 240, 320, 3) and np.array_equal(node_frames, cli_frames)
+    for written in (path, cli_out):  # each file holds those frames, up to H.264 4:2:0 (34.6 dB here)
+        error = decoded(written).astype(np.float64) - node_frames
+        assert 10 * np.log10(255**2 / np.mean(error**2)) > 30, written
 
 
 def test_path_input_and_input_errors(pack, node_models, inputs):
