@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .attention import SpatialTransformer
 from .config import MotionModuleConfig
@@ -17,7 +18,20 @@ from .motion import VanillaTemporalModule
 from .resnet import Downsample3D, ResnetBlock3D, Upsample3D
 
 
-class _LayerStack(nn.Module):
+class _Checkpointed(nn.Module):
+    """``gradient_checkpointing``: while gradients are recorded, each layer (ResNet + transformer + motion
+    module) keeps only its input and recomputes its activations in the backward pass (training memory);
+    results and gradients are the same. Off by default; inference never records gradients."""
+
+    gradient_checkpointing = False
+
+    def _run(self, fn, *args):
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
+
+class _LayerStack(_Checkpointed):
     """Shared construction/forward of ``resnets`` / ``attentions`` / ``motion_modules`` layer lists."""
 
     def _build_layers(self, in_channels: list[int], out_channels: int, temb_channels: int, groups: int,
@@ -62,7 +76,7 @@ class DownBlock3D(_LayerStack):
     def forward(self, x, temb, context, num_frames):
         skips = []
         for i in range(len(self.resnets)):
-            x = self._layer(i, x, temb, context, num_frames)
+            x = self._run(self._layer, i, x, temb, context, num_frames)
             skips.append(x)
         if self.downsamplers is not None:
             x = self.downsamplers[0](x)
@@ -86,13 +100,13 @@ class UpBlock3D(_LayerStack):
     def forward(self, x, skips, temb, context, num_frames, upsample_size=None):
         for i in range(len(self.resnets)):
             x = torch.cat([x, skips.pop()], dim=1)
-            x = self._layer(i, x, temb, context, num_frames)
+            x = self._run(self._layer, i, x, temb, context, num_frames)
         if self.upsamplers is not None:
             x = self.upsamplers[0](x, upsample_size)
         return x
 
 
-class UNetMidBlock3DCrossAttn(nn.Module):
+class UNetMidBlock3DCrossAttn(_Checkpointed):
     """ResNet, then (spatial transformer, optional motion module, ResNet)."""
 
     def __init__(self, channels: int, temb_channels: int, groups: int, eps: float, heads: int, context_dim: int,
@@ -105,6 +119,9 @@ class UNetMidBlock3DCrossAttn(nn.Module):
         self.motion_modules = nn.ModuleList([VanillaTemporalModule(channels, motion) if motion is not None else None])
 
     def forward(self, x, temb, context, num_frames):
+        return self._run(self._forward, x, temb, context, num_frames)
+
+    def _forward(self, x, temb, context, num_frames):
         x = self.resnets[0](x, temb, num_frames)
         x = self.attentions[0](x, context)
         if self.motion_modules[0] is not None:
