@@ -75,6 +75,10 @@ HF_REPO_V16 = "ByteDance/LatentSync-1.6"
 HF_REPO_VAE = "stabilityai/sd-vae-ft-mse"
 UNET_FILENAME = "latentsync_unet.pt"
 WHISPER_FILENAME = "whisper/tiny.pt"
+# training: the official checkpoints/ layout (setup_env.sh downloads the LatentSync-1.5 repository)
+SYNCNET_FILENAME = "stable_syncnet.pt"
+VIDEOMAE_FILENAME = "auxiliary/vit_g_hybrid_pt_1200e_ssv2_ft.pth"
+VGG16_FILENAME = "auxiliary/vgg16-397923af.pth"
 
 
 def crop_size(resolution: int = RESOLUTION) -> tuple[int, int]:

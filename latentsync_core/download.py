@@ -25,7 +25,17 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
-from .constants import HF_REPO_V15, HF_REPO_V16, HF_REPO_VAE, MODEL_FOLDER, UNET_FILENAME, WHISPER_FILENAME
+from .constants import (
+    HF_REPO_V15,
+    HF_REPO_V16,
+    HF_REPO_VAE,
+    MODEL_FOLDER,
+    SYNCNET_FILENAME,
+    UNET_FILENAME,
+    VGG16_FILENAME,
+    VIDEOMAE_FILENAME,
+    WHISPER_FILENAME,
+)
 from .errors import CheckpointError, ModelMissingError
 
 log = logging.getLogger(__name__)
@@ -73,6 +83,19 @@ MODEL_FILES: dict[str, ModelFile] = {
         ModelFile(
             "whisper", HF_REPO_V15, WHISPER_FILENAME, MODEL_FOLDER, WHISPER_FILENAME,
             "Whisper tiny audio encoder (OpenAI checkpoint format)", "75 MB", "MIT",
+        ),
+        # training only (latentsync_core.train): the frozen networks that judge the generated faces
+        ModelFile(
+            "stable-syncnet", HF_REPO_V15, SYNCNET_FILENAME, MODEL_FOLDER, SYNCNET_FILENAME,
+            "StableSyncNet (training: sync loss)", "1.6 GB", "openrail++",
+        ),
+        ModelFile(
+            "videomae", HF_REPO_V15, VIDEOMAE_FILENAME, MODEL_FOLDER, VIDEOMAE_FILENAME,
+            "VideoMAE v2 ViT-g fine-tuned on SSv2 (training: TREPA loss)", "4 GB", "see VideoMAE v2",
+        ),
+        ModelFile(
+            "vgg16", HF_REPO_V15, VGG16_FILENAME, MODEL_FOLDER, VGG16_FILENAME,
+            "torchvision ImageNet VGG16 (training: LPIPS loss)", "528 MB", "BSD-3-Clause",
         ),
         ModelFile(
             "vae", HF_REPO_VAE, "diffusion_pytorch_model.safetensors", "vae", "sd-vae-ft-mse.safetensors",

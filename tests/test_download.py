@@ -206,7 +206,9 @@ def test_unreachable_or_missing_on_hub_is_model_missing(hub, monkeypatch, tmp_pa
 
 
 def test_model_table_and_manual_message():
-    assert set(download.MODEL_FILES) == {"unet-1.5", "unet-1.6", "whisper", "vae"}
+    assert set(download.MODEL_FILES) == {"unet-1.5", "unet-1.6", "whisper", "vae", "stable-syncnet", "videomae", "vgg16"}
+    vgg = download.model_file("vgg16")  # training files keep the official checkpoints/ layout
+    assert vgg.local_name == "auxiliary/vgg16-397923af.pth" and vgg.folder == "latentsync"
     vae = download.model_file("vae")
     assert vae.folder == "vae" and vae.repo_id == "stabilityai/sd-vae-ft-mse"
     text = download.manual_instructions(

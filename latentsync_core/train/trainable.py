@@ -20,6 +20,8 @@ TRAINABLE_SETS: dict[str, tuple[str, ...] | None] = {
     "stage2": ("motion_modules.", "attentions."),
     "stage2_efficient": ("motion_modules.", "attn2."),  # with motion_module_decoder_only: true
 }
+LORA_SET = "lora"  # low-rank adapters only (train/lora.py); the U-Net itself stays frozen
+SET_NAMES = (*TRAINABLE_SETS, LORA_SET)
 
 
 def trainable_names(model: nn.Module, modules: Iterable[str] | None) -> list[str]:
@@ -36,12 +38,22 @@ def trainable_names(model: nn.Module, modules: Iterable[str] | None) -> list[str
     return chosen
 
 
-def select_trainable(model: nn.Module, modules: Iterable[str] | str | None) -> list[nn.Parameter]:
-    """Freeze ``model`` except the chosen parameters (a set name from :data:`TRAINABLE_SETS`, a list of
-    substrings, or None for all) and return those, in ``named_parameters`` order (the optimiser's order)."""
+def select_trainable(model: nn.Module, modules: Iterable[str] | str | None, **lora_options) -> list[nn.Parameter]:
+    """Freeze ``model`` except the chosen parameters (a set name from :data:`SET_NAMES`, a list of
+    substrings, or None for all) and return those, in ``named_parameters`` order (the optimiser's order).
+
+    ``"lora"`` injects adapters first (``lora_options``: ``rank``, ``alpha``, ``targets``, ``dropout`` of
+    :func:`latentsync_core.train.lora.add_lora`) and returns only their parameters."""
+    if modules == LORA_SET:
+        from .lora import add_lora, lora_parameters
+
+        add_lora(model, **lora_options)
+        return lora_parameters(model)
+    if lora_options:
+        raise LatentSyncError(f"LoRA options {sorted(lora_options)} only apply to the 'lora' set.")
     if isinstance(modules, str):
         if modules not in TRAINABLE_SETS:
-            raise LatentSyncError(f"Unknown trainable set {modules!r}; known: {', '.join(TRAINABLE_SETS)}.")
+            raise LatentSyncError(f"Unknown trainable set {modules!r}; known: {', '.join(SET_NAMES)}.")
         modules = TRAINABLE_SETS[modules]
     chosen = set(trainable_names(model, modules))
     params = []
