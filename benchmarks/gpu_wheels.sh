@@ -8,5 +8,6 @@ cd "$(dirname "$0")/.."
 rm -rf .whl && mkdir -p .whl
 python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl \
-  "diffusers==0.42.1" "importlib_metadata==10.2.0"
+  "diffusers==0.42.1" "importlib_metadata==10.2.0" \
+  "peft==0.21.2" "accelerate==1.16.0" "transformers==5.25.0" "psutil==7.2.2"  # the LoRA rows of benchmarks/train.py
 ls -l .whl

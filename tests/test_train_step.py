@@ -254,6 +254,8 @@ def test_mixed_precision_steps_keep_fp32_trainable_weights(precision):
     trainer = make_trainer(recon_config(precision=precision))
     result = trainer.step(make_batch(0))
     assert all(p.dtype == torch.float32 for p in trainer.trainable)
+    frozen = {p.dtype for p in trainer.unet.parameters() if not p.requires_grad}
+    assert frozen == ({torch.bfloat16} if precision == "bf16" else {torch.float32})
     assert torch.isfinite(torch.tensor(result.losses["total"]))
     assert (trainer.scaler is not None) == (precision == "fp16")
 

@@ -186,6 +186,14 @@ class Trainer:
         if cfg.uses_decoded_pixels:
             self.vae.enable_gradient_checkpointing()  # official: always, when pixels are supervised
         half = _HALF.get(self.precision)
+        if self.precision == "bf16":
+            # frozen U-Net weights in bf16 (autocast computes in bf16 anyway): halves the base model's memory,
+            # the whole U-Net for LoRA; trainable weights and AdamW state stay fp32. fp16 keeps the official
+            # fp32 U-Net, whose GradScaler path expects it.
+            trainable = {id(p) for p in self.trainable}
+            for p in self.unet.parameters():
+                if id(p) not in trainable and p.dtype == torch.float32:
+                    p.data = p.data.to(half)
         for judge in (self.vae, self.syncnet, self.trepa_net):
             if judge is not None and half is not None:
                 judge.to(dtype=half)  # official: frozen nets in fp16 in mixed precision
