@@ -98,7 +98,7 @@ def available_bytes() -> int:
 
 def run_step(trainable_set: str, ckpt: bool, precision: str, steps: int, device: str) -> dict:
     """One row in this process."""
-    from latentsync_core.train.step import Trainer, TrainBatch
+    from latentsync_core.train.step import TrainBatch, Trainer
 
     dev = torch.device(device)
     torch.manual_seed(0)
