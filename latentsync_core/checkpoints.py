@@ -11,7 +11,7 @@ import os
 import pickle
 import re
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
@@ -159,3 +159,27 @@ def guess_unet_resolution(name: str, path: str | os.PathLike | None = None) -> i
     if _HIGH_RES_NAME.search(name.replace("\\", "/")):
         return 512
     return RESOLUTION
+
+
+MAX_NAMED = 3  # keys quoted per kind of problem in an error message
+
+
+def state_dict_problems(state_dict: Mapping[str, Any], expected: Mapping[str, Any], *,
+                        optional: Callable[[str], bool] = lambda key: False, extra_ok: bool = False) -> list[str]:
+    """Why ``state_dict`` does not hold exactly the ``expected`` keys and shapes, as phrases for an error
+    message ("2 missing (e.g. a, b)", ...); empty when it fits. ``optional(key)``: an expected key that may
+    be absent; ``extra_ok``: keys beyond ``expected`` are allowed."""
+    missing = [k for k in expected if k not in state_dict and not optional(k)]
+    unexpected = [] if extra_ok else [k for k in state_dict if k not in expected]
+    mismatched = [k for k in expected if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k])]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {', '.join(missing[:MAX_NAMED])})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:MAX_NAMED])})")
+    if mismatched:
+        shown = ", ".join(
+            f"{k}: file {list(state_dict[k].shape)} vs model {list(expected[k])}" for k in mismatched[:MAX_NAMED]
+        )
+        problems.append(f"{len(mismatched)} with a different shape (e.g. {shown})")
+    return problems

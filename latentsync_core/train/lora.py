@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..checkpoints import SAFETENSORS_SUFFIX, guess_model_kind, read_checkpoint
+from ..checkpoints import MAX_NAMED, SAFETENSORS_SUFFIX, guess_model_kind, read_checkpoint
 from ..errors import CheckpointError, InputMismatchError, LatentSyncError
 from ..safe_output import atomic_path
 
@@ -56,7 +56,6 @@ ADAPTER = "default"  # peft's adapter name
 BASE_LAYER = ".base_layer"  # peft's child holding the original Linear
 PEFT_WRAPPER_PREFIX = "base_model.model."  # module paths under get_peft_model's PeftModel
 BASE_VERSION = "1.5"
-MAX_NAMED = 3  # keys quoted per problem in an error message
 _STATE_ATTR = "_latentsync_lora"  # on the U-Net: what apply_lora changed (for remove_lora)
 
 

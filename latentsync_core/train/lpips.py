@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..checkpoints import as_state_dict, guess_model_kind, read_checkpoint
+from ..checkpoints import as_state_dict, guess_model_kind, read_checkpoint, state_dict_problems
 from ..errors import CheckpointError
 
 # torchvision's VGG16 configuration "D" up to relu5_3 (its final pool, index 30, is not used by LPIPS)
@@ -43,7 +43,6 @@ NORM_EPS = 1e-10  # added to the channel norm, not inside the square root (lpips
 
 ASSET_LIN = Path(__file__).resolve().parent.parent / "assets" / "lpips_vgg_v0.1.safetensors"
 LIN_KEY = "lin{k}.model.1.weight"  # lpips' own key for the k-th linear layer
-MAX_NAMED = 3  # keys quoted per kind of problem in an error message
 
 
 def _vgg16_trunk() -> nn.Sequential:
@@ -143,21 +142,9 @@ class LPIPS(nn.Module):
 
 def _check(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, tuple[int, ...]], name: str, what: str) -> None:
     """CheckpointError naming ``name`` unless every expected key is there with its shape (others are ignored)."""
-    missing = [k for k in expected if k not in state_dict]
-    wrong = [
-        f"{k} {tuple(state_dict[k].shape)} (expected {expected[k]})"
-        for k in expected
-        if k in state_dict and tuple(state_dict[k].shape) != expected[k]
-    ]
-    if missing or wrong:
-        problems = []
-        if missing:
-            more = f" and {len(missing) - MAX_NAMED} more" if len(missing) > MAX_NAMED else ""
-            problems.append(f"missing {', '.join(missing[:MAX_NAMED])}{more}")
-        if wrong:
-            more = f" and {len(wrong) - MAX_NAMED} more" if len(wrong) > MAX_NAMED else ""
-            problems.append(f"wrong shapes: {', '.join(wrong[:MAX_NAMED])}{more}")
-        looks = f" It looks like {guess_model_kind(state_dict)}." if missing else ""
+    problems = state_dict_problems(state_dict, expected, extra_ok=True)
+    if problems:
+        looks = f" It looks like {guess_model_kind(state_dict)}." if any(k not in state_dict for k in expected) else ""
         raise CheckpointError(f"{name} is not {what}: {'; '.join(problems)}.{looks}")
     for k in expected:
         t = state_dict[k]

@@ -27,7 +27,7 @@ import torch.utils.checkpoint
 import yaml
 from torch import nn
 
-from ..checkpoints import as_state_dict, guess_model_kind, read_checkpoint, strip_prefixes
+from ..checkpoints import as_state_dict, guess_model_kind, read_checkpoint, state_dict_problems, strip_prefixes
 from ..errors import CheckpointError, InputMismatchError, LatentSyncError
 from ..unet.attention import FeedForward  # diffusers' geglu FeedForward: keys ff.net.0.proj, ff.net.2
 
@@ -36,7 +36,6 @@ logger = logging.getLogger(__name__)
 GROUPS = 32  # GroupNorm groups everywhere (official default norm_num_groups)
 NORM_EPS = 1e-6  # GroupNorm eps (the LayerNorms of the attention blocks keep torch's 1e-5)
 ATTENTION_HEADS = 8  # official AttentionBlock2D: heads=8, dim_head = width // 8
-MAX_NAMED = 3  # keys quoted per kind of problem in an error message
 
 # configs/syncnet/syncnet_16_pixel_attn.yaml, ``model:`` (the released stable_syncnet.pt; 401,306,080 parameters)
 SYNCNET_16_PIXEL_ATTN: dict[str, Any] = {
@@ -351,21 +350,9 @@ def check_state_dict(
 ) -> None:
     """Raise :class:`CheckpointError` (naming the file ``name``) unless ``state_dict`` has exactly the
     ``expected`` keys with the expected shapes. ``model`` names what was asked for; ``hint`` is appended."""
-    missing = [k for k in expected if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [k for k in expected if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k])]
-    if not (missing or unexpected or mismatched):
+    problems = state_dict_problems(state_dict, expected)
+    if not problems:
         return
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing (e.g. {', '.join(missing[:MAX_NAMED])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:MAX_NAMED])})")
-    if mismatched:
-        shown = ", ".join(
-            f"{k}: file {list(state_dict[k].shape)} vs model {list(expected[k])}" for k in mismatched[:MAX_NAMED]
-        )
-        problems.append(f"{len(mismatched)} with a different shape (e.g. {shown})")
     raise CheckpointError(
         f"{name} is not a {model} checkpoint for this config; it looks like {describe_state_dict(state_dict)}. "
         f"Tensors: {'; '.join(problems)}.{' ' + hint if hint else ''}"

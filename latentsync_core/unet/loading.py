@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..checkpoints import as_state_dict, guess_model_kind, read_checkpoint, strip_prefixes
+from ..checkpoints import as_state_dict, guess_model_kind, read_checkpoint, state_dict_problems, strip_prefixes
 from ..errors import CheckpointError
 from .config import UNetConfig, load_config
 from .model import UNet3DConditionModel
@@ -22,7 +22,6 @@ from .motion import sinusoid_table
 logger = logging.getLogger(__name__)
 
 POSITION_BUFFER_SUFFIX = "pos_encoder.pe"  # deterministic buffers: recomputed when a file lacks them
-MAX_NAMED = 3  # keys quoted per kind of problem in an error message
 
 
 def build_unet(config: Any, device: str | torch.device = "meta", dtype: torch.dtype = torch.float32) -> UNet3DConditionModel:
@@ -51,21 +50,9 @@ def check_state_dict(state_dict: Mapping[str, torch.Tensor], expected: Mapping[s
     """Raise :class:`CheckpointError` unless ``state_dict`` has exactly the ``expected`` keys and shapes
     (position-encoding buffers may be absent). The message names the first few problems and what the
     file looks like instead."""
-    missing = [k for k in expected if k not in state_dict and not k.endswith(POSITION_BUFFER_SUFFIX)]
-    unexpected = [k for k in state_dict if k not in expected]
-    mismatched = [k for k in expected if k in state_dict and tuple(state_dict[k].shape) != tuple(expected[k])]
-    if not (missing or unexpected or mismatched):
+    problems = state_dict_problems(state_dict, expected, optional=lambda k: k.endswith(POSITION_BUFFER_SUFFIX))
+    if not problems:
         return
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing (e.g. {', '.join(missing[:MAX_NAMED])})")
-    if unexpected:
-        problems.append(f"{len(unexpected)} unexpected (e.g. {', '.join(unexpected[:MAX_NAMED])})")
-    if mismatched:
-        shown = ", ".join(
-            f"{k}: file {list(state_dict[k].shape)} vs model {list(expected[k])}" for k in mismatched[:MAX_NAMED]
-        )
-        problems.append(f"{len(mismatched)} with a different shape (e.g. {shown})")
     kind = guess_model_kind(state_dict)
     if kind.startswith("a LatentSync U-Net (with temporal"):
         hint = "The file is a LatentSync U-Net: check that the config matches it (e.g. the LatentSync 1.5/1.6 stage2 config)."
