@@ -274,3 +274,26 @@ def test_missing_judge_files_are_named_with_urls_before_any_download(tmp_path, m
     with pytest.raises(ModelMissingError) as info:
         load_judges(load_train_config("stage2_efficient"), tmp_path)
     assert "vit_g" not in str(info.value)
+
+
+def test_decoding_in_checkpointed_frame_chunks_changes_nothing():
+    """frame_chunk (VAE decode + LPIPS per chunk of frames, recomputed in the backward pass) is a memory
+    option only: losses and gradients equal decoding all B*F frames at once (the official way)."""
+    from train_golden import golden_lpips
+
+    batch = make_batch(4)
+    b, f = batch.gt_pixels.shape[:2]
+    g = torch.Generator().manual_seed(4)
+    draws = StepDraws(vae_eps={k: torch.randn(b * f, 4, 8, 8, generator=g) for k in ("gt", "masked", "ref")},
+                      noise=torch.randn(b, 4, f, 8, 8, generator=g), timesteps=torch.tensor([100, 700]))
+    results = []
+    for chunk in (0, 5):  # 32 frames: chunks of 5 leave a short last one
+        config = recon_config(perceptual_loss_weight=0.1, frame_chunk=chunk)
+        trainer = make_trainer(config, lpips=golden_lpips())
+        terms = trainer.forward(batch, draws)
+        trainer.backward(terms)
+        results.append((terms.values(), {n: p.grad.clone() for n, p in trainer.unet.named_parameters() if p.grad is not None}))
+    (losses0, grads0), (losses5, grads5) = results
+    assert losses0["lpips"] > 0 and losses5 == pytest.approx(losses0, rel=1e-6)
+    worst = max(float((grads5[n] - g0).norm() / g0.norm()) for n, g0 in grads0.items() if float(g0.norm()) > 1e-6)
+    assert worst <= 2e-3  # fp32 summation order only (the parity tests' per-tensor bound)

@@ -55,6 +55,9 @@ class TrainConfig:
     adam_eps: float = ADAMW_EPS
     weight_decay: float = ADAMW_WEIGHT_DECAY
     gradient_checkpointing: bool = True  # run.enable_gradient_checkpointing (U-Net)
+    # frames per checkpointed VAE-decode / LPIPS call (ours, not official; same result): 0 = all B*F at once.
+    # The decoder's 256² activations of 16 frames are ~8 GB in fp32; 4 frames hold a quarter of that.
+    frame_chunk: int = 4
     precision: str = "fp16"  # run.mixed_precision_training true -> fp16; false -> fp32
     seed: int = 1247
     max_train_steps: int = 10_000_000
@@ -92,6 +95,8 @@ class TrainConfig:
                 f"num_frames and batch_size must be >= 1 and resolution a multiple of 8 "
                 f"(got {self.num_frames}, {self.batch_size}, {self.resolution})."
             )
+        if self.frame_chunk < 0:
+            raise LatentSyncError(f"frame_chunk must be >= 0 (0 = all frames at once), not {self.frame_chunk}.")
         if not self.lr > 0 or not self.max_grad_norm > 0:
             raise LatentSyncError(f"lr and max_grad_norm must be > 0 (got {self.lr}, {self.max_grad_norm}).")
         if self.use_syncnet and not self.pixel_space_supervise:

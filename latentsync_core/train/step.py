@@ -28,6 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from ..constants import LATENT_CHANNELS, LATENT_SCALE, VAE_DOWNSCALE
 from ..errors import InputMismatchError, LatentSyncError
@@ -277,6 +278,26 @@ class Trainer:
             pred_noise = self.unet(unet_input, timesteps, audio)
         return self._losses(batch, gt, unet_input, noisy, noise, timesteps, gt_latents, pred_noise)
 
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode(latents).sample
+
+    def _per_frames(self, fn, *frames: torch.Tensor) -> torch.Tensor:
+        """``fn`` over ``[N, ...]`` frame batches, ``config.frame_chunk`` frames per call, each call
+        checkpointed while gradients are recorded: the backward pass recomputes one chunk at a time, so the
+        VAE decoder's and LPIPS' full-resolution activations are held for one chunk instead of all ``B*F``
+        frames. Both act on each frame alone, so the result is the same; 0 = all frames in one call."""
+        chunk, n = self.config.frame_chunk, frames[0].shape[0]
+        if chunk <= 0 or chunk >= n:
+            return fn(*frames)
+        outs = []
+        for start in range(0, n, chunk):
+            parts = [x[start:start + chunk] for x in frames]
+            if torch.is_grad_enabled():
+                outs.append(checkpoint(fn, *parts, use_reentrant=False))
+            else:
+                outs.append(fn(*parts))
+        return torch.cat(outs)
+
     def _losses(self, batch, gt, unet_input, noisy, noise, timesteps, gt_latents, pred_noise) -> LossTerms:
         cfg = self.config
         b, f, _, h, _ = batch.gt_pixels.shape
@@ -287,10 +308,10 @@ class Trainer:
         pixels, extras = None, {}
         if cfg.uses_decoded_pixels:
             latents = pred_latents.transpose(1, 2).reshape(b * f, LATENT_CHANNELS, *pred_latents.shape[3:])
-            pixels = self.vae.decode((latents / LATENT_SCALE).to(self.frozen_dtype)).sample
+            pixels = self._per_frames(self._decode, (latents / LATENT_SCALE).to(self.frozen_dtype))
             lower = slice(h // 2, None)
             if cfg.uses_lpips:
-                per_image = self.lpips(pixels[:, :, lower].float(), gt[:, :, lower].float()).reshape(-1)
+                per_image = self._per_frames(self.lpips, pixels[:, :, lower].float(), gt[:, :, lower].float()).reshape(-1)
                 extras["lpips_per_image"] = per_image
                 lpips = per_image.mean()
             if cfg.uses_trepa:
