@@ -55,8 +55,8 @@ class TrainConfig:
     adam_eps: float = ADAMW_EPS
     weight_decay: float = ADAMW_WEIGHT_DECAY
     gradient_checkpointing: bool = True  # run.enable_gradient_checkpointing (U-Net)
-    # frames per checkpointed VAE-decode / LPIPS call (ours, not official; same result): 0 = all B*F at once.
-    # The decoder's 256² activations of 16 frames are ~8 GB in fp32; 4 frames hold a quarter of that.
+    # frames per VAE-encode / checkpointed VAE-decode / LPIPS call (ours, not official; same result):
+    # 0 = all B*F at once. The decoder's 256² activations of 16 frames are ~8 GB in fp32; 4 frames, a quarter.
     frame_chunk: int = 4
     precision: str = "fp16"  # run.mixed_precision_training true -> fp16; false -> fp32
     seed: int = 1247
