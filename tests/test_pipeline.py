@@ -156,8 +156,9 @@ def test_generator_draws_in_official_order(golden, unet, vae, chunks):
     with pytest.raises(Stop):  # stops before the first U-Net call
         pipe.sync_faces(torch.from_numpy(golden["faces"]), chunks[:16], seed=1247, check_interrupt=stop)
     masked, ref = (e.permute(1, 0, 2, 3) for e in encoded)
-    assert (masked - torch.from_numpy(golden["masked_image_latents"][0])).abs().max() < 5e-3
-    assert (ref - torch.from_numpy(golden["ref_latents"][0])).abs().max() < 5e-3
+    # 1.7e-6 measured; 8e-4 before the VAE adapter made channels-last pixels contiguous (CPU GroupNorm)
+    assert (masked - torch.from_numpy(golden["masked_image_latents"][0])).abs().max() < 1e-4
+    assert (ref - torch.from_numpy(golden["ref_latents"][0])).abs().max() < 1e-4
 
 
 def test_final_latents_match_official(golden, golden_run):
