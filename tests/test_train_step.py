@@ -61,6 +61,17 @@ def test_presets_are_the_official_configs():
     assert not s1.use_motion_module and not s1.uses_decoded_pixels and not s1.uses_syncnet
     with pytest.raises(LatentSyncError, match="precision"):
         s2.replace(precision="fp8")
+    from latentsync_core.train.step import resolve_precision
+
+    assert resolve_precision(s2.replace(precision="auto").precision, torch.device("cpu")) == "fp32"
+
+
+@pytest.mark.parametrize("bf16_ok, expected", [(True, "bf16"), (False, "fp16")])
+def test_auto_precision_on_cuda_prefers_bf16(monkeypatch, bf16_ok, expected):
+    from latentsync_core.train.step import resolve_precision
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16_ok)
+    assert resolve_precision("auto", torch.device("cuda")) == expected
 
 
 @pytest.mark.parametrize("preset", ["stage2", "stage2_efficient"])

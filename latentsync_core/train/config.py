@@ -21,7 +21,9 @@ from ..errors import LatentSyncError
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "train")
 PRESETS = ("stage1", "stage2", "stage2_efficient")
 SYNCNET_CONFIG = os.path.join(CONFIG_DIR, "syncnet_16_pixel_attn.yaml")
-PRECISIONS = ("fp32", "bf16", "fp16")  # fp16 = the official mixed precision (autocast + GradScaler)
+# fp16 = the official mixed precision (autocast + GradScaler); auto = bf16 on CUDA where supported (else fp16),
+# fp32 on the CPU (step.resolve_precision)
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 # torch.optim.AdamW defaults: the official script passes only lr, so these are what it trains with.
 ADAMW_BETAS = (0.9, 0.999)
