@@ -402,17 +402,23 @@ def load_stable_syncnet(
     :data:`SYNCNET_16_PIXEL_ATTN`. ``device="meta"`` checks keys and shapes without reading values.
     Raises :class:`ModelMissingError` (missing file) or :class:`CheckpointError` (unreadable, or not a
     SyncNet of this layout, e.g. a U-Net or VideoMAE file)."""
-    device = torch.device(device)
     cfg = _resolve_config(config)
-    with torch.device("meta"):
-        model = StableSyncNet(cfg, gradient_checkpointing=gradient_checkpointing)
-    state_dict, name = read_state_dict(path)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    check_state_dict(
-        state_dict, expected, name, "StableSyncNet",
-        "Select the LatentSync stable_syncnet.pt with the syncnet config it was trained with "
+    return load_frozen(
+        lambda: StableSyncNet(cfg, gradient_checkpointing=gradient_checkpointing), path, device, dtype,
+        "StableSyncNet", "Select the LatentSync stable_syncnet.pt with the syncnet config it was trained with "
         "(LatentSync 1.5/1.6: configs/syncnet/syncnet_16_pixel_attn.yaml).",
     )
+
+
+def load_frozen(build, path: str | os.PathLike | Mapping[str, torch.Tensor], device: str | torch.device,
+                dtype: torch.dtype, model_name: str, hint: str) -> nn.Module:
+    """``build()`` on the meta device, the file's tensors checked strictly against it (CheckpointError naming the
+    file, with ``hint``), then assigned on ``device`` in ``dtype``; returned frozen. Shared by the judges."""
+    device = torch.device(device)
+    with torch.device("meta"):
+        model = build()
+    state_dict, name = read_state_dict(path)
+    check_state_dict(state_dict, {k: v.shape for k, v in model.state_dict().items()}, name, model_name, hint)
     model = assign_frozen(model, state_dict, device, dtype, from_file=not isinstance(path, Mapping))
-    logger.info("Loaded StableSyncNet from %s (%s, %s)", name, device, dtype)
+    logger.info("Loaded %s from %s (%s, %s)", model_name, name, device, dtype)
     return model

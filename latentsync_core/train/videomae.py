@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import logging
 import os
 import re
 from collections.abc import Mapping
@@ -26,9 +25,8 @@ import torch.utils.checkpoint
 from torch import nn
 
 from ..errors import InputMismatchError, LatentSyncError
-from .syncnet import assign_frozen, check_state_dict, read_state_dict
+from .syncnet import load_frozen
 
-logger = logging.getLogger(__name__)
 
 POSITION_BASE = 10000.0  # sinusoid table: angle = position / 10000^(2*(j//2)/dim)
 
@@ -279,16 +277,8 @@ def load_videomae(
     ``config``: None for ViT-g, a :class:`VideoMAEConfig`, a dict or a ``.json`` path. ``device="meta"``
     checks keys and shapes only. Raises :class:`ModelMissingError` (missing file) or
     :class:`CheckpointError` (unreadable, or not this ViT, e.g. a SyncNet or U-Net file)."""
-    device = torch.device(device)
     cfg = videomae_config(config)
-    with torch.device("meta"):
-        model = VideoMAE(cfg, gradient_checkpointing=gradient_checkpointing)
-    state_dict, name = read_state_dict(path)
-    expected = {k: v.shape for k, v in model.state_dict().items()}
-    check_state_dict(
-        state_dict, expected, name, "VideoMAE v2 ViT",
-        "TREPA needs vit_g_hybrid_pt_1200e_ssv2_ft.pth (VideoMAE v2 ViT-g fine-tuned on SSv2).",
+    return load_frozen(
+        lambda: VideoMAE(cfg, gradient_checkpointing=gradient_checkpointing), path, device, dtype,
+        "VideoMAE v2 ViT", "TREPA needs vit_g_hybrid_pt_1200e_ssv2_ft.pth (VideoMAE v2 ViT-g fine-tuned on SSv2).",
     )
-    model = assign_frozen(model, state_dict, device, dtype, from_file=not isinstance(path, Mapping))
-    logger.info("Loaded VideoMAE v2 from %s (%s, %s)", name, device, dtype)
-    return model
