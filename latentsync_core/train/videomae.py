@@ -27,7 +27,6 @@ from torch import nn
 from ..errors import InputMismatchError, LatentSyncError
 from .syncnet import load_frozen
 
-
 POSITION_BASE = 10000.0  # sinusoid table: angle = position / 10000^(2*(j//2)/dim)
 
 
