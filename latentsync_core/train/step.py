@@ -125,6 +125,14 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 _HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def _distributed(world_size: int | None) -> tuple[int, int]:
+    """(rank, world size) of this process: the process group's when one is initialised, else (0, 1);
+    an explicit ``world_size`` only scales the learning rate (``scale_lr``) of a single process."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, world_size or 1
+
+
 class Trainer:
     """The official stage-1/2 training loop's state and step.
 
@@ -140,7 +148,7 @@ class Trainer:
     def __init__(self, unet: nn.Module, vae: Any, config: TrainConfig, *, syncnet: nn.Module | None = None,
                  lpips: nn.Module | None = None, trepa_net: nn.Module | None = None,
                  trainable: list[nn.Parameter] | None = None, device: torch.device | str | None = None,
-                 world_size: int = 1, generator: torch.Generator | None = None):
+                 world_size: int | None = None, generator: torch.Generator | None = None):
         config.validate()
         self.config = config
         self.unet = unet
@@ -155,9 +163,12 @@ class Trainer:
             raise LatentSyncError("No trainable parameters.")
         self.trainable = trainable
         self.alphas_cumprod = alphas_cumprod()
-        self.generator = generator or torch.Generator().manual_seed(config.seed)
+        self.rank, self.world_size = _distributed(world_size)
+        # official: each process seeds with seed + rank, so ranks draw different noise
+        self.generator = generator or torch.Generator().manual_seed(config.seed + self.rank)
         self._prepare_models()
-        lr = config.lr * world_size if config.scale_lr else config.lr
+        self.model = self._wrap_ddp()
+        lr = config.lr * self.world_size if config.scale_lr else config.lr
         self.optimizer = torch.optim.AdamW(trainable, lr=lr, betas=config.adam_betas, eps=config.adam_eps,
                                            weight_decay=config.weight_decay)
         from diffusers.optimization import get_scheduler  # diffusers is a dependency; the official scheduler table
@@ -170,6 +181,17 @@ class Trainer:
         self.global_step = 0
 
     # ---- set-up -------------------------------------------------------------------------------
+    def _wrap_ddp(self) -> nn.Module:
+        """Under ``torchrun`` (an initialised process group of more than one process) the U-Net runs inside
+        DistributedDataParallel: gradients are averaged over the ranks in the backward pass, so every rank
+        clips and steps the same gradient and the weights stay identical. One process: the U-Net itself."""
+        if self.world_size == 1 or not torch.distributed.is_initialized():
+            return self.unet
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return DistributedDataParallel(self.unet, device_ids=ids, output_device=ids[0] if ids else None)
+
     def _check_judges(self, syncnet, lpips, trepa_net) -> None:
         missing = [name for name, needed, have in (
             ("a StableSyncNet (sync loss)", self.config.uses_syncnet, syncnet),
@@ -281,7 +303,7 @@ class Trainer:
         unet_input = torch.cat([noisy, latent_mask, masked_latents, ref_latents], dim=1)
         audio = None if batch.audio_embeds is None else batch.audio_embeds.to(dev, torch.float32)
         with self._autocast():
-            pred_noise = self.unet(unet_input, timesteps, audio)
+            pred_noise = self.model(unet_input, timesteps, audio)
         return self._losses(batch, gt, unet_input, noisy, noise, timesteps, gt_latents, pred_noise)
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
