@@ -10,6 +10,7 @@ the script leaves at torch's defaults; the precision) carry those defaults.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -111,14 +112,21 @@ def _float(value: Any) -> float:
     return float(value)
 
 
-def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+def read_config_file(path: str | os.PathLike, what: str) -> Any:
+    """The contents of a ``.json`` or YAML config file; :class:`LatentSyncError` naming ``what`` and the path
+    when it is missing or unreadable. Shared by the training, SyncNet and VideoMAE configs."""
+    path = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            return json.load(f) if path.lower().endswith(".json") else yaml.safe_load(f)
     except FileNotFoundError:
-        raise LatentSyncError(f"Training config not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise LatentSyncError(f"Training config {path} is not valid YAML: {exc}") from None
+        raise LatentSyncError(f"{what} not found: {path}") from None
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # json's errors are ValueErrors
+        raise LatentSyncError(f"{what} {path} could not be read ({exc}).") from None
+
+
+def read_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    data = read_config_file(path, "Training config")
     if not isinstance(data, Mapping) or "run" not in data:
         raise LatentSyncError(f"{path} is not a LatentSync training config (no 'run' section).")
     return dict(data)

@@ -24,12 +24,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
-import yaml
 from torch import nn
 
 from ..checkpoints import as_state_dict, guess_model_kind, read_checkpoint, state_dict_problems, strip_prefixes
 from ..errors import CheckpointError, InputMismatchError, LatentSyncError
 from ..unet.attention import FeedForward  # diffusers' geglu FeedForward: keys ff.net.0.proj, ff.net.2
+from .config import read_config_file
 
 logger = logging.getLogger(__name__)
 
@@ -99,13 +99,7 @@ def normalize_syncnet_config(config: Mapping[str, Any], source: str = "SyncNet c
 def syncnet_config_from_yaml(path: str | os.PathLike) -> dict[str, Any]:
     """The ``model:`` section of an official-format SyncNet yaml (or a yaml that is only that section)."""
     path = os.fspath(path)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
-    except FileNotFoundError as exc:
-        raise LatentSyncError(f"SyncNet config not found: {path}") from exc
-    except (OSError, yaml.YAMLError) as exc:
-        raise LatentSyncError(f"SyncNet config {path} could not be read ({exc}).") from exc
+    data = read_config_file(path, "SyncNet config")
     if isinstance(data, Mapping) and isinstance(data.get("model"), Mapping):
         data = data["model"]
     return normalize_syncnet_config(data, os.path.basename(path))

@@ -13,7 +13,6 @@ frozen in eval mode, so they are left out.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from collections.abc import Mapping
@@ -25,6 +24,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from ..errors import InputMismatchError, LatentSyncError
+from .config import read_config_file
 from .syncnet import load_frozen
 
 POSITION_BASE = 10000.0  # sinusoid table: angle = position / 10000^(2*(j//2)/dim)
@@ -114,14 +114,7 @@ def videomae_config(config: VideoMAEConfig | Mapping[str, Any] | str | os.PathLi
         return config
     if isinstance(config, (str, os.PathLike)):
         path = os.fspath(config)
-        try:
-            with open(path, encoding="utf-8") as fh:
-                data = json.load(fh)
-        except FileNotFoundError as exc:
-            raise LatentSyncError(f"VideoMAE config not found: {path}") from exc
-        except (OSError, ValueError) as exc:
-            raise LatentSyncError(f"VideoMAE config {path} could not be read ({exc}).") from exc
-        return VideoMAEConfig.from_dict(data, os.path.basename(path))
+        return VideoMAEConfig.from_dict(read_config_file(path, "VideoMAE config"), os.path.basename(path))
     return VideoMAEConfig.from_dict(config)
 
 
