@@ -32,6 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from latentsync_core.precision import DTYPES  # noqa: E402
 from latentsync_core.train.config import CONFIG_DIR, SYNCNET_CONFIG, load_train_config  # noqa: E402
 from latentsync_core.train.trainable import count_parameters, select_trainable  # noqa: E402
 from latentsync_core.unet import build_unet  # noqa: E402
@@ -39,7 +40,6 @@ from latentsync_core.unet import build_unet  # noqa: E402
 GIB = 1024**3
 SETS = ("stage2", "stage2_efficient", "lora")
 LORA_RANK = 16
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def preset_of(trainable_set: str) -> str:

@@ -21,9 +21,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from latentsync_core.constants import AUDIO_EMBED_DIM, AUDIO_TOKENS_PER_FRAME, CHUNK_FRAMES, UNET_IN_CHANNELS  # noqa: E402
+from latentsync_core.precision import DTYPES  # noqa: E402
 from latentsync_core.unet import UNetConfig, build_unet  # noqa: E402
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 GIB = 1024**3
 
 

@@ -46,7 +46,7 @@ _LAZY = {
     "NonFiniteError": ".finite",
     "LipSyncPipeline": ".pipeline",
     "load_vae": ".vae",
-    "ping_pong_indices": ".length",
+    "ping_pong_indices": ".timing",
 }
 
 __all__ = [

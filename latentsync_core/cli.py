@@ -1,13 +1,16 @@
 """``python -m latentsync_core``: lip-sync a video to a speech track without ComfyUI.
 
-    python -m latentsync_core --video in.mp4 --audio speech.wav --out out.mp4 [--models DIR]
-        [--steps 20 --guidance 1.5 --seed 1247 --device auto]
+    python -m latentsync_core --video in.mp4 --audio speech.wav --out out.mp4 [--models DIR] [options]
+
+Every option flag (sampling, face, audio and silence, paste-back, output, model) is generated from the
+option table (:mod:`latentsync_core.options`): the same names, ranges, defaults and checks as the nodes'
+widgets; ``--help`` lists them. Every flag is checked before any model loads (exit 2 with one line).
 
 The same pipeline as the ComfyUI graph (whisper features, face alignment, the LatentSync sampler,
 paste-back), with the video streamed through in segments so host memory stays bounded whatever the
 length: pass 1 detects the face in every frame (landmarks only are kept); pass 2 reads one segment of
 frames at a time, aligns, samples, pastes back and encodes it. The output has the input's resolution
-and frame rate, is encoded once (x264, CRF 18) and carries the new audio (AAC). The audio decides the
+and frame rate, is encoded once (x264, ``--crf``, default 18) and carries the new audio (AAC). The audio decides the
 length: a shorter video is looped back and forth, a longer one is cut.
 
 ``--models DIR`` is laid out like ComfyUI's models folder (``DIR/latentsync/latentsync_unet.pt``,
@@ -20,29 +23,32 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import os
 import sys
 
 import torch
 
-from .constants import (
-    DEFAULT_GUIDANCE,
-    DEFAULT_SEED,
-    DEFAULT_STEPS,
-    MODEL_FOLDER,
-)
-from .deepcache import DEEPCACHE_INTERVALS
+from .constants import MODEL_FOLDER
 from .errors import LatentSyncError, ModelMissingError
+from .options import (
+    AUDIO,
+    FACE,
+    MODEL,
+    OUTPUT,
+    PASTE,
+    SAMPLING,
+    VERSIONS,
+    OptionError,
+    StreamSettings,
+    add_flags,
+    settings_from_flags,
+)
+from .precision import pick_dtype  # --dtype: the one precision rule, the Model Loader node's too
 from .safe_output import check_output_path
-from .sampling import MAX_CHUNK_BATCH, SAMPLERS
-from .video_io import DEFAULT_CRF, probe_video
+from .video_io import probe_video
 
 log = logging.getLogger("latentsync_core.cli")
 
-RESOLUTIONS = {"1.5": 256, "1.6": 512}
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-MAX_CRF = 51  # libx264's quality scale is 0..51
 OUTPUT_SUFFIXES = (".mp4", ".mov", ".mkv")
 EXIT_RUNTIME, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
@@ -52,53 +58,26 @@ class UsageError(LatentSyncError):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .audio.silence import DEFAULT_SILENCE_DB, DEFAULT_SILENCE_MS
-    from .face.paste import BLEND_MODES as BLENDS
-
+    """The command line: input/output and model-file flags, then every option of the option table
+    (:mod:`latentsync_core.options`) as a generated flag with its range or choices and default."""
     p = argparse.ArgumentParser(
         prog="python -m latentsync_core",
         description="LatentSync lip sync: re-render the mouth of a talking-face video to follow a new speech track.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--video", required=True, help="input video with a visible face (any format FFmpeg reads)")
     p.add_argument("--audio", required=True, help="speech audio (wav, mp3, flac, m4a... or a video's audio track)")
-    p.add_argument("--out", required=True, help="output .mp4")
-    p.add_argument(
-        "--models",
-        default=os.environ.get("LATENTSYNC_MODELS", "models"),
-        help="models folder laid out like ComfyUI's (latentsync/, vae/); env LATENTSYNC_MODELS",
-    )
-    p.add_argument("--version", choices=sorted(RESOLUTIONS), default="1.5", help="LatentSync model version")
-    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="DDIM steps")
-    p.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE, help="classifier-free guidance scale (>= 1)")
-    p.add_argument("--seed", type=int, default=DEFAULT_SEED, help="random seed (same seed, same result)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps")
-    p.add_argument("--dtype", choices=["auto", *DTYPES], default="auto", help="auto: fp16 on CUDA, else fp32")
-    p.add_argument(
-        "--deepcache",
-        type=int,
-        default=0,
-        help=f"DeepCache interval {DEEPCACHE_INTERVALS[0]}-{DEEPCACHE_INTERVALS[-1]} (faster, slightly softer); 0 off",
-    )
-    p.add_argument("--sampler", choices=SAMPLERS, default=SAMPLERS[0],
-                   help="ddim: the official sampler; dpmpp_2m: faster (try --steps 10), NOT the official result")
-    p.add_argument("--chunk-batch", type=int, default=0,
-                   help="16-frame chunks per U-Net call (same result, faster on a GPU); 0: auto from free GPU memory")
-    p.add_argument("--face", default="largest", help="which face: 'largest' or its index from the left (0-based)")
-    p.add_argument("--blend", choices=BLENDS, default="face",
-                   help="face: the official blend of the whole face crop; mouth: only the regenerated mouth "
-                        "changes, every other pixel stays the input")
-    p.add_argument("--mask-grow", type=int, default=0, help="grow (+) / shrink (-) the blend region, frame pixels")
-    p.add_argument("--feather", type=int, default=-1, help="soft edge width in frame pixels; -1: official (crop/20)")
-    p.add_argument("--silence", choices=["sync", "keep"], default="sync",
-                   help="sync: every frame is regenerated (official); keep: frames in silent pauses stay the input")
-    p.add_argument("--silence-db", type=float, default=DEFAULT_SILENCE_DB,
-                   help="--silence keep: RMS level (dBFS) under which audio counts as silence")
-    p.add_argument("--silence-ms", type=int, default=DEFAULT_SILENCE_MS,
-                   help="--silence keep: shortest pause (ms) that counts")
-    p.add_argument(
-        "--crf", type=int, default=DEFAULT_CRF, help=f"x264 quality 0-{MAX_CRF} (lower = better; 18 visually lossless)"
-    )
+    p.add_argument("--out", required=True, help="output video (.mp4, .mov or .mkv)")
+    default_models = os.environ.get("LATENTSYNC_MODELS", "models")
+    p.add_argument("--models", default=default_models,
+                   help=f"models folder laid out like ComfyUI's (latentsync/, vae/); env LATENTSYNC_MODELS "
+                        f"(default: {default_models})")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
+    add_flags(p.add_argument_group("model"), [o for o in MODEL])
+    add_flags(p.add_argument_group("sampling"), SAMPLING)
+    add_flags(p.add_argument_group("face"), [o for o in FACE if o.flag])
+    add_flags(p.add_argument_group("audio and silence"), AUDIO)
+    add_flags(p.add_argument_group("paste-back"), PASTE)
+    add_flags(p.add_argument_group("output"), OUTPUT)
     p.add_argument("--no-download", action="store_true", help="never download missing model files")
     adv = p.add_argument_group("model files (override the --models layout)")
     adv.add_argument("--unet", help="U-Net checkpoint (.pt / .safetensors)")
@@ -150,12 +129,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def pick_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name != "auto":
-        return DTYPES[name]
-    return torch.float16 if device.type == "cuda" else torch.float32
-
-
 def _bar(total: int, desc: str, quiet: bool, unit: str = "frame"):
     from tqdm.auto import tqdm
 
@@ -164,23 +137,15 @@ def _bar(total: int, desc: str, quiet: bool, unit: str = "frame"):
 
 def validate_args(args) -> None:
     """Check every argument before any work is done (no model is loaded, no frame decoded); raises
-    :class:`UsageError` with one line saying what to change. Normalises ``args.out`` to an absolute path
+    :class:`UsageError` with one line saying what to change. Sets ``args.settings`` (the checked
+    :class:`~latentsync_core.options.StreamSettings`) and normalises ``args.out`` to an absolute path
     (refused when it is one of the inputs, has the wrong suffix or its folder is not writable)."""
-    if args.steps < 1:
-        raise UsageError(f"--steps {args.steps}: use 1 or more (20 is the default).")
-    if not math.isfinite(args.guidance) or args.guidance < 1.0:
-        raise UsageError(f"--guidance {args.guidance}: use 1.0 (no guidance) or more (1.5 is the default).")
-    if args.deepcache != 0 and args.deepcache not in DEEPCACHE_INTERVALS:
-        raise UsageError(
-            f"--deepcache {args.deepcache}: use 0 (off) or an interval "
-            f"{DEEPCACHE_INTERVALS[0]}-{DEEPCACHE_INTERVALS[-1]}."
-        )
-    if not 0 <= args.chunk_batch <= MAX_CHUNK_BATCH:
-        raise UsageError(f"--chunk-batch {args.chunk_batch}: use 0 (auto) to {MAX_CHUNK_BATCH}.")
-    if not 0 <= args.crf <= MAX_CRF:
-        raise UsageError(f"--crf {args.crf}: use 0-{MAX_CRF} (lower is better quality; 18 is visually lossless).")
-    if args.face != "largest" and not args.face.isdigit():
-        raise UsageError(f"--face {args.face}: use 'largest' or a face index from the left (0, 1, ...).")
+    try:
+        args.settings = settings_from_flags(args, StreamSettings)
+        for spec in MODEL:
+            spec.from_flag(getattr(args, spec.name))
+    except OptionError as exc:
+        raise UsageError(exc.for_flag(_raw_flag(args, exc.option.name))) from None
     for flag in ("unet", "unet_config", "whisper", "vae", "vae_config"):
         value = getattr(args, flag)
         if value is not None and not os.path.exists(value):
@@ -195,11 +160,33 @@ def validate_args(args) -> None:
             from .vae import read_vae_config
 
             read_vae_config(args.vae_config)
+        for flag in ("video", "audio"):
+            path = getattr(args, flag)
+            if os.path.isdir(path):  # a missing file is reported where it is opened ("not found", exit 1)
+                raise UsageError(f"--{flag} {path}: is a folder; give a file.")
         args.out = check_output_path(args.out, inputs=(args.video, args.audio), allowed_suffixes=OUTPUT_SUFFIXES)
     except UsageError:
         raise
     except LatentSyncError as exc:
         raise UsageError(str(exc)) from exc
+
+
+def _raw_flag(args, name: str):
+    """What the user typed for option ``name`` (``-1`` rather than None for ``--feather``)."""
+    return getattr(args, name, None)
+
+
+def check_version(version: str, unet_path: str) -> None:
+    """Warn when the U-Net file looks like another release than ``--version`` says (a 1.5 file with
+    ``--version 1.6`` runs 512 px faces through a 256 px model: blurry, wrong mouths)."""
+    from .checkpoints import guess_unet_resolution
+
+    expected = VERSIONS[version]
+    found = guess_unet_resolution(os.path.basename(unet_path), unet_path)
+    if found != expected:
+        other = next(v for v, r in VERSIONS.items() if r == found)
+        log.warning("--version %s expects a %d px U-Net, but %s looks like LatentSync %s (%d px faces): check "
+                    "--version / --unet", version, expected, unet_path, other, found)
 
 
 def resolve_models(args) -> dict[str, str]:
@@ -266,30 +253,30 @@ def run(args) -> str:
 
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
-    resolution = RESOLUTIONS[args.version]
-    face = args.face if args.face == "largest" else int(args.face)
-    settings = StreamSettings(
-        steps=args.steps, guidance=args.guidance, seed=args.seed, deepcache=args.deepcache, face=face, crf=args.crf,
-        sampler=args.sampler, chunk_batch=args.chunk_batch, blend=args.blend, mask_grow=args.mask_grow,
-        feather=None if args.feather < 0 else args.feather, silence=args.silence == "keep",
-        silence_db=args.silence_db, silence_ms=args.silence_ms,
-    )
+    resolution = VERSIONS[args.version]
+    settings = getattr(args, "settings", None) or settings_from_flags(args, StreamSettings)
     check_output_path(args.out, inputs=[args.video, args.audio])  # also when run() is called without main()
     probe_video(args.video)  # a clear error before any model loads
 
     paths = resolve_models(args)
     waveform, rate = load_audio_file(args.audio)
     whisper = load_whisper(paths["whisper"], device=device)
+    check_version(args.version, paths["unet"])
     unet = load_unet(args.unet_config or UNetConfig(), paths["unet"], device=device, dtype=dtype)
+    if args.compile:
+        from .sampling import compile_unet
+
+        unet = compile_unet(unet)
     vae = load_vae(paths["vae"], args.vae_config, device=device, dtype=dtype)
-    aligner = FaceAligner(resolution, face=face, models_dir=args.models, download=not args.no_download)
+    aligner = FaceAligner(resolution, face=settings.face, max_gap=settings.max_gap, models_dir=args.models,
+                          download=not args.no_download)
     bars: dict[str, object] = {}
 
     def progress(stage: str, done: int, total: int) -> None:
-        if stage not in bars:
+        if stage not in bars:  # a stage has its own total: close the last bar, start a fresh one
             for bar in bars.values():
                 bar.close()
-            bars[stage] = _bar(total, stage, args.quiet)
+            bars[stage] = _bar(total, stage, args.quiet, unit=STAGE_UNITS.get(stage, "frame"))
         bars[stage].update(done - bars[stage].n)
 
     try:
@@ -300,10 +287,12 @@ def run(args) -> str:
     finally:
         aligner.close()
         for bar in bars.values():
-            bar.close()
-    log.info("%s", report.summary())
-    log.info("wrote %s in %.1f s", report.path, report.seconds)
+            bar.close()  # before the last lines: they are not glued to a bar
+    log.info("wrote %s in %.1f s: %s", report.path, report.seconds, report.summary())
     return report.path
+
+
+STAGE_UNITS = {"faces": "frame", "lip sync": "step"}
 
 
 # native libraries (mediapipe's C++ graph, TFLite, absl) log straight to file descriptor 2

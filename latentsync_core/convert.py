@@ -18,14 +18,12 @@ import logging
 import os
 import sys
 
-import torch
-
 from .checkpoints import guess_unet_resolution
 from .constants import SUPPORTED_RESOLUTIONS
 from .errors import LatentSyncError
+from .precision import DTYPES
 from .safe_output import atomic_path, check_output_path
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 logger = logging.getLogger(__name__)
 
 

@@ -21,7 +21,7 @@ from collections.abc import Iterator
 
 import torch.nn as nn
 
-DEEPCACHE_INTERVALS = (2, 3, 4, 5)  # offered by the Sampler node; the official script uses 3
+from .options import DEEPCACHE_INTERVALS  # noqa: F401  (re-exported: the intervals live in the option table)
 
 
 class DeepCache:

@@ -14,12 +14,13 @@ between scheduler steps (the U-Net runs in the model dtype), decoded faces (in 0
 clamped: paste-back resizes first and clamps after, as the official restore) move to the host as
 float16 after each chunk (device memory stays flat in video length), frames
 without a face skip the model and come back unchanged, and the video is matched to the audio length
-by :func:`latentsync_core.length.ping_pong_indices`.
+by :func:`latentsync_core.timing.ping_pong_indices`.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -32,8 +33,6 @@ from .constants import (
     AUDIO_TOKENS_PER_FRAME,
     CHUNK_FRAMES,
     DDIM_SCHEDULER_CONFIG,
-    DEFAULT_GUIDANCE,
-    DEFAULT_SEED,
     DEFAULT_STEPS,
     LATENT_CHANNELS,
     RESOLUTION,
@@ -43,12 +42,14 @@ from .deepcache import DeepCache
 from .errors import FaceError, InputMismatchError, LatentSyncError
 from .face.paste import fixed_mask
 from .finite import check_finite
-from .length import ping_pong_indices
-from .sampling import SAMPLERS, chunk_activation_bytes, group_chunks, make_scheduler, resolve_chunk_batch
+from .options import MAX_CHUNK_BATCH, SamplingOptions
+from .sampling import chunk_activation_bytes, group_chunks, make_scheduler, resolve_chunk_batch
+from .timing import ping_pong_indices
 from .types import FrameAudio
-from .vae import VAE_ENCODE_MODES, LatentVae, as_latent_vae
+from .vae import LatentVae, as_latent_vae
 
 log = logging.getLogger(__name__)
+_DEFAULTS = SamplingOptions()  # the option table's defaults (official settings)
 
 def faces_to_pixels(faces: torch.Tensor) -> torch.Tensor:
     """Faces ``[F,H,W,3]`` (uint8 0..255 or float 0..1) -> float32 ``[F,3,H,W]`` in [-1, 1] (official
@@ -60,11 +61,11 @@ def faces_to_pixels(faces: torch.Tensor) -> torch.Tensor:
 @dataclass
 class SyncResult:
     """faces: ``out_dtype`` (float16 by default) ``[N,res,res,3]`` on the CPU, 0..1 units but not clamped (the decoder can overshoot), index-aligned with the (length-matched)
-    input; synced: bool ``[N]`` which of them went through the model; final_latents: per chunk
+    input; generated: bool ``[N]`` which of them went through the model (the others are the input face); final_latents: per chunk
     ``[1,4,F,h,w]`` float32 (CPU), only when asked for."""
 
     faces: torch.Tensor
-    synced: np.ndarray
+    generated: np.ndarray
     final_latents: list[torch.Tensor] = field(default_factory=list)
 
 
@@ -90,12 +91,12 @@ class LipSyncPipeline:
         self.scheduler_config = dict(scheduler_config or DDIM_SCHEDULER_CONFIG)
 
     # -- helpers ------------------------------------------------------------------------------------
-    def make_scheduler(self, steps: int, sampler: str = "ddim"):
+    def make_scheduler(self, steps: int, sampler: str = _DEFAULTS.sampler):
         """A fresh scheduler (``ddim``: official; ``dpmpp_2m``: opt-in), timesteps on the CPU."""
         return make_scheduler(sampler, self.scheduler_config, steps)
 
     def draw_noise(self, generator: torch.Generator, resolution: int, steps: int = DEFAULT_STEPS,
-                   sampler: str = "ddim") -> torch.Tensor:
+                   sampler: str = _DEFAULTS.sampler) -> torch.Tensor:
         """The run's one noise frame float32 ``[1,4,1,h,w]`` (repeated over every frame), drawn from
         ``generator`` before anything else, as the official code does."""
         latent_hw = resolution // VAE_DOWNSCALE
@@ -107,34 +108,38 @@ class LipSyncPipeline:
         return getattr(out, "sample", out)
 
     # -- the loop -----------------------------------------------------------------------------------
+    def job(self, resolution: int, options: SamplingOptions | None = None, **kwargs) -> SamplingJob:
+        """A :class:`SamplingJob` of this pipeline for faces of ``resolution`` px (keywords: see there)."""
+        return SamplingJob(self, resolution, options or SamplingOptions(), **kwargs)
+
     @torch.no_grad()
     def sync_faces(
         self,
         faces: torch.Tensor,
-        audio_chunks: torch.Tensor | FrameAudio,
+        audio_windows: torch.Tensor | FrameAudio,
         *,
         source_index: Sequence[int] | np.ndarray | None = None,
         found: Sequence[bool] | np.ndarray | None = None,
         skip: Sequence[bool] | np.ndarray | None = None,
-        steps: int = DEFAULT_STEPS,
-        guidance: float = DEFAULT_GUIDANCE,
-        seed: int = DEFAULT_SEED,
+        steps: int = _DEFAULTS.steps,
+        guidance: float = _DEFAULTS.guidance,
+        seed: int = _DEFAULTS.seed,
         generator: torch.Generator | None = None,
         initial_latents: torch.Tensor | None = None,
-        vae_encode: str = "sample",
-        deepcache: int = 0,
-        chunk_batch: int | str = "auto",
-        sampler: str = "ddim",
+        vae_encode: str = _DEFAULTS.vae_encode,
+        deepcache: int = _DEFAULTS.deepcache,
+        chunk_batch: int | str = _DEFAULTS.chunk_batch,
+        sampler: str = _DEFAULTS.sampler,
         latent_overrides: Sequence[dict] | None = None,
         return_latents: bool = False,
         out_dtype: torch.dtype = torch.float16,
         progress: Callable[[int, int], None] | None = None,
         check_interrupt: Callable[[], None] | None = None,
     ) -> SyncResult:
-        """Lip-sync aligned faces to per-frame audio windows.
+        """Lip-sync aligned faces to per-frame audio windows: one whole-clip :class:`SamplingJob` run.
 
         faces:          ``[V,res,res,3]`` uint8 or float 0..1 (host or device): the aligned faces.
-        audio_chunks:   a ``FrameAudio`` (windows cut per chunk) or float ``[N,50,384]``: one audio window
+        audio_windows:   a ``FrameAudio`` (windows cut per chunk) or float ``[N,50,384]``: one audio window
                         per OUTPUT frame.
         source_index:   int ``[N]``: which face each output frame uses (default: the length rule,
                         :func:`ping_pong_indices`); faces are gathered per chunk, never all at once.
@@ -142,181 +147,22 @@ class LipSyncPipeline:
                         output is the input face.
         skip:           optional bool ``[N]`` per OUTPUT frame; True = not sent through the model, the
                         output is the input face (e.g. silent frames: ``audio.silent_frames``).
-        steps/guidance: DDIM steps (>= 1) and CFG scale (>= 1; 1 = no unconditional pass).
-        seed/generator: the run's randomness (a CPU generator; noise is identical on every device).
-        initial_latents: ``[1,4,1,h,w]`` (repeated) or ``[1,4,N',h,w]`` with N' >= number of synced
-                        frames: replaces the drawn noise (nothing is drawn for it then, so the
-                        generator goes straight to the VAE posterior samples).
-        vae_encode:     "sample" (official: posterior sample with the generator) or "mean".
-        deepcache:      0/1 = off, 2..5 = DeepCache interval (full U-Net pass every n-th step).
-        chunk_batch:    16-frame chunks per U-Net call (int >= 1; "auto"/0: from free CUDA memory, 1 on
-                        the CPU). Exact: each chunk keeps its own GroupNorm statistics, noise and
-                        schedule; chunks of unequal length (the short last one) run in separate calls.
-        sampler:        "ddim" (official) or "dpmpp_2m" (opt-in, faster, NOT the official result); a
-                        fresh scheduler for every U-Net batch of chunks.
-        latent_overrides: per chunk, optional ``masked_image_latents`` / ``ref_latents`` ``[1,4,F,h,w]``
-                        replacing the VAE encodings (reproducing a reference run exactly).
-        out_dtype:      dtype of the returned faces (float16: half the host memory; float32: what a
-                        ComfyUI IMAGE holds, so the node returns it without another copy).
-        progress:       called with (done, total) after every U-Net step; total = chunks x steps and
-                        done counts chunk-steps (a call on k chunks advances it by k).
-        check_interrupt: called before every U-Net call; raise from it to stop (nothing is left
-                        changed: the U-Net is unwrapped and the next run starts clean).
+        steps, guidance, seed, vae_encode, deepcache, chunk_batch, sampler: the sampling options
+                        (:data:`latentsync_core.options.SAMPLING`: ranges, defaults and meaning).
+        generator:      the run's randomness (a CPU generator; default: one seeded with ``seed``).
+        initial_latents, latent_overrides, return_latents, out_dtype, progress, check_interrupt: see
+                        :class:`SamplingJob`.
         """
-        steps, guidance, deepcache = int(steps), float(guidance), int(deepcache or 0)
-        if steps < 1:
-            raise LatentSyncError(f"steps must be at least 1 (got {steps}); 20 is the official setting.")
-        if not guidance >= 1.0:
-            raise LatentSyncError(f"guidance must be at least 1.0 (got {guidance}); 1.5 is the official setting.")
-        if sampler not in SAMPLERS:
-            raise LatentSyncError(f"sampler must be one of {SAMPLERS}, not {sampler!r}.")
-        if vae_encode not in VAE_ENCODE_MODES:
-            raise LatentSyncError(f"vae_encode must be one of {VAE_ENCODE_MODES}, not {vae_encode!r}.")
-        if vae_encode == "sample" and not self.vae.can_sample:
-            vae_encode = "mean"
-        if faces.ndim != 4 or faces.shape[-1] != 3 or faces.shape[1] != faces.shape[2]:
-            raise InputMismatchError(f"Aligned faces must be [N,res,res,3] square images, got {tuple(faces.shape)}.")
-        resolution = int(faces.shape[1])
-        if resolution % VAE_DOWNSCALE:
-            raise InputMismatchError(f"Face resolution {resolution} is not a multiple of {VAE_DOWNSCALE}.")
-        windows = _audio_windows(audio_chunks)
-        num_out = int(audio_chunks.num_frames if hasattr(audio_chunks, "num_frames") else len(audio_chunks))
-        index = (ping_pong_indices(len(faces), num_out) if source_index is None
-                 else np.asarray(source_index, dtype=np.int64))
-        if len(index) != num_out or (num_out and (index.min() < 0 or index.max() >= len(faces))):
-            raise InputMismatchError(f"source_index must hold {num_out} indices into {len(faces)} faces.")
-        found_in = np.ones(len(faces), bool) if found is None else np.asarray(found, dtype=bool)
-        if len(found_in) != len(faces):
-            raise InputMismatchError(f"found has {len(found_in)} entries for {len(faces)} faces.")
-        synced = found_in[index]
-        if not synced.any():
-            raise FaceError("No face was found in any frame: use a video where a face is visible.")
-        if skip is not None:
-            skip = np.asarray(skip, dtype=bool)
-            if skip.shape != (num_out,):
-                raise InputMismatchError(f"skip must hold {num_out} flags (one per output frame), got {skip.shape}.")
-            synced &= ~skip
-        todo = np.flatnonzero(synced)  # output frames that go through the model
-
-        generator = generator if generator is not None else torch.Generator("cpu").manual_seed(int(seed))
-        latent_hw = resolution // VAE_DOWNSCALE
-        do_cfg = guidance > 1.0
-        if initial_latents is not None:
-            # given noise is not drawn again: a run split into segments that share one generator (the
-            # streaming job) then draws exactly what one run over the whole video draws
-            noise = initial_latents.float()
-        else:
-            noise = self.draw_noise(generator, resolution, steps, sampler)
-        # [res,res] float32, 1 = keep. The official code multiplies float32 pixels by a float64 mask and
-        # casts back; the mask's values are float32 numbers (256 px: 0/1; 512 px: k/255 in float32), so
-        # the float64 product of two float32 numbers is exact and rounds to the same float32 as the
-        # correctly rounded float32 product: bit-identical, and devices without float64 (MPS) work.
-        mask = torch.tensor(fixed_mask(resolution), dtype=torch.float32).to(self.device)
-        cache = DeepCache(self.eager_unet, deepcache)
-        if cache.enabled and not hasattr(self.eager_unet, "down_blocks"):
-            raise LatentSyncError("DeepCache needs the LatentSync U-Net (down_blocks/up_blocks); turn it off.")
-
-        out = torch.empty((num_out, resolution, resolution, 3), dtype=out_dtype)
-        copy_idx = np.flatnonzero(~synced)
-        if len(copy_idx):
-            out[torch.from_numpy(copy_idx)] = _faces01(faces[torch.from_numpy(index[copy_idx])]).to(out_dtype).cpu()
-
-        chunk_rows = [todo[i:i + CHUNK_FRAMES] for i in range(0, len(todo), CHUNK_FRAMES)]
-        if not chunk_rows:  # every face frame skipped (silence): nothing goes through the model
-            return SyncResult(faces=out, synced=synced, final_latents=[])
-        total = len(chunk_rows) * steps
-        per_chunk = chunk_activation_bytes(_base_channels(self.eager_unet), latent_hw, self.dtype, do_cfg)
-        per_call = resolve_chunk_batch(chunk_batch, self.device, per_chunk * (2 if cache.enabled else 1),
-                                       len(chunk_rows))
-        finals = []
-        done = 0
-        with cache.active():
-            for group in group_chunks([len(r) for r in chunk_rows], per_call):
-                # per chunk, in chunk order: faces, mask, VAE encodes (masked then reference: the
-                # generator's draws are those of one chunk at a time) and the chunk's noise
-                prepared = [self._prepare_chunk(c, chunk_rows[c], faces, index, mask, noise, latent_hw,
-                                                vae_encode, generator, latent_overrides, len(chunk_rows))
-                            for c in group]
-                latents = torch.cat([p.latents for p in prepared])  # [k,4,n,h,w]
-                cond = torch.cat([p.cond for p in prepared]).to(self.dtype)  # [k,9,n,h,w]
-                audio = torch.cat([windows(p.rows) for p in prepared])  # [k*n,50,384]
-                audio = audio.to(self.device, self.dtype)
-                k = len(prepared)
-                # a compiled U-Net sees one shape per run: full chunks, the usual batch, no DeepCache
-                compiled = not cache.enabled and k == per_call and len(prepared[0].rows) == CHUNK_FRAMES
-                if do_cfg:  # unconditional (all-zero audio) half first
-                    audio = torch.cat([torch.zeros_like(audio), audio])
-                    cond = torch.cat([cond, cond])
-                # the U-Net input is built once; each step only writes the latents into channels 0..3
-                model_in = torch.cat([torch.empty_like(cond[:, :LATENT_CHANNELS]), cond], dim=1)
-                del cond
-                scheduler = self.make_scheduler(steps, sampler)  # fresh: no sampler state crosses calls
-                step_t = [int(t) for t in scheduler.timesteps]  # host ints for the scheduler, no syncs
-                unet_t = scheduler.timesteps.to(self.device)  # device copies for the U-Net
-                for j, t in enumerate(step_t):
-                    if check_interrupt is not None:
-                        check_interrupt()
-                    cache.step = j
-                    scaled = scheduler.scale_model_input(latents, t).to(self.dtype)
-                    model_in[:k, :LATENT_CHANNELS] = scaled
-                    if do_cfg:
-                        model_in[k:, :LATENT_CHANNELS] = scaled
-                    pred = self._unet(model_in, unet_t[j], audio, compiled).float()
-                    if do_cfg:
-                        uncond, audio_pred = pred.chunk(2)
-                        pred = uncond + guidance * (audio_pred - uncond)
-                    latents = scheduler.step(pred, t, latents).prev_sample
-                    done += k
-                    if progress is not None:
-                        progress(done, total)
-                del model_in, audio, pred
-
-                for i, p in enumerate(prepared):
-                    chunk_latents = check_finite(latents[i:i + 1], "unet", p.where)
-                    if return_latents:
-                        finals.append(chunk_latents.cpu())
-                    decoded = check_finite(self.vae.decode(chunk_latents[0].permute(1, 0, 2, 3)),  # [n,3,res,res]
-                                           "vae_decode", p.where)
-                    keep = mask  # official: decoded * (1 - mask) + original * mask
-                    merged = decoded * (1 - keep) + p.pixels * keep
-                    merged = (merged / 2 + 0.5).permute(0, 2, 3, 1)  # unclamped: paste-back resizes, then clamps
-                    out[torch.from_numpy(p.rows)] = merged.to(out_dtype).cpu()
-                    del decoded, merged
-                del latents, prepared
-
-        return SyncResult(faces=out, synced=synced, final_latents=finals)
-
-    def _prepare_chunk(self, c, rows, faces, index, mask, noise, latent_hw, vae_encode, generator,
-                       latent_overrides, num_chunks=1) -> _Chunk:
-        """One chunk's pixels, conditioning ``[1,9,n,h,w]`` (mask | masked latents | reference latents)
-        and initial latents ``[1,4,n,h,w]``; the VAE encodes draw from ``generator`` masked then ref."""
-        n = len(rows)
-        resolution = int(faces.shape[1])
-        chunk_faces = faces[torch.from_numpy(index[rows]).to(faces.device)].to(self.device)
-        pixels = faces_to_pixels(chunk_faces)  # float32 [n,3,res,res] in [-1,1]
-        masked = pixels * mask  # = official float32 x float64 mask, cast back (see sync_faces)
-        mask1 = mask.expand(n, 1, resolution, resolution)
-        mask_lat = F.interpolate(mask1, size=(latent_hw, latent_hw))  # nearest
-        mask_lat = mask_lat.permute(1, 0, 2, 3).unsqueeze(0).float()  # [1,1,n,h,w]
-
-        where = _where(c, num_chunks, rows)
-        override = latent_overrides[c] if latent_overrides is not None else {}
-        masked_lat = override.get("masked_image_latents")
-        if masked_lat is None:
-            masked_lat = _to_5d(check_finite(self.vae.encode(masked, vae_encode, generator), "vae_encode", where))
-        ref_lat = override.get("ref_latents")
-        if ref_lat is None:
-            ref_lat = _to_5d(check_finite(self.vae.encode(pixels, vae_encode, generator), "vae_encode", where))
-        masked_lat = masked_lat.to(self.device, torch.float32)
-        ref_lat = ref_lat.to(self.device, torch.float32)
-
-        start = int(c * CHUNK_FRAMES)
-        if noise.shape[2] == 1:
-            latents = noise.expand(-1, -1, n, -1, -1).to(self.device).clone()
-        else:
-            latents = noise[:, :, start:start + n].to(self.device).clone()
-        cond = torch.cat([mask_lat, masked_lat, ref_lat], dim=1)
-        return _Chunk(rows=rows, pixels=pixels, cond=cond, latents=latents, where=where)
+        options = SamplingOptions(steps=steps, guidance=guidance, seed=seed, vae_encode=vae_encode,
+                                  deepcache=deepcache, chunk_batch=chunk_batch, sampler=sampler)
+        resolution = check_faces(faces)
+        num_out = int(audio_windows.num_frames if hasattr(audio_windows, "num_frames") else len(audio_windows))
+        index, generated = plan_frames(len(faces), num_out, source_index, found, skip)
+        job = SamplingJob(self, resolution, options, generator=generator, initial_latents=initial_latents,
+                          planned_frames=int(generated.sum()), latent_overrides=latent_overrides,
+                          return_latents=return_latents, out_dtype=out_dtype, progress=progress,
+                          check_interrupt=check_interrupt)
+        return job.run(faces, _audio_windows(audio_windows), index, generated)
 
     # -- the whole job ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -343,8 +189,212 @@ class LipSyncPipeline:
         result = self.sync_faces(torch.from_numpy(np.asarray(aligned.faces)), chunks, source_index=index,
                                  found=aligned.found, **kwargs)
         return paste_back(np.asarray(frames)[index], result.faces.float().numpy(),
-                          np.asarray(aligned.affines)[index], result.synced)
+                          np.asarray(aligned.affines)[index], result.generated)
 
+
+
+def check_faces(faces: torch.Tensor) -> int:
+    """The resolution of aligned faces ``[N,res,res,3]``; :class:`InputMismatchError` for anything else."""
+    if faces.ndim != 4 or faces.shape[-1] != 3 or faces.shape[1] != faces.shape[2]:
+        raise InputMismatchError(f"Aligned faces must be [N,res,res,3] square images, got {tuple(faces.shape)}.")
+    resolution = int(faces.shape[1])
+    if resolution % VAE_DOWNSCALE:
+        raise InputMismatchError(f"Face resolution {resolution} is not a multiple of {VAE_DOWNSCALE}.")
+    return resolution
+
+
+def plan_frames(num_faces: int, num_out: int, source_index=None, found=None, skip=None) -> tuple[np.ndarray, np.ndarray]:
+    """Which face each output frame shows and which output frames the model regenerates.
+
+    Returns (index int64 ``[N]``: face per output frame, default :func:`ping_pong_indices`; generated
+    bool ``[N]``: the face was found and the frame is not skipped). Raises when nothing would be generated
+    because no face was found anywhere, or when the arrays do not fit together.
+    """
+    index = (ping_pong_indices(num_faces, num_out) if source_index is None
+             else np.asarray(source_index, dtype=np.int64))
+    if len(index) != num_out or (num_out and (index.min() < 0 or index.max() >= num_faces)):
+        raise InputMismatchError(f"source_index must hold {num_out} indices into {num_faces} faces.")
+    found_in = np.ones(num_faces, bool) if found is None else np.asarray(found, dtype=bool)
+    if len(found_in) != num_faces:
+        raise InputMismatchError(f"found has {len(found_in)} entries for {num_faces} faces.")
+    generated = found_in[index]
+    if not generated.any():
+        raise FaceError("No face was found in any frame: use a video where a face is visible.")
+    if skip is not None:
+        skip = np.asarray(skip, dtype=bool)
+        if skip.shape != (num_out,):
+            raise InputMismatchError(f"skip must hold {num_out} flags (one per output frame), got {skip.shape}.")
+        generated &= ~skip
+    return index, generated
+
+
+class SamplingJob:
+    """One sampling job, set up once and run on one or many parts of a clip (:meth:`run`).
+
+    Made once: the checked options, the generator and the one noise frame drawn first from it, the mouth
+    mask, DeepCache, the chunk batching and the progress total. A clip sampled in parts (the streaming
+    job's segments, each holding whole 16-frame chunks of the frames that go through the model) thus
+    gives exactly what one run over the whole clip gives.
+
+    pipeline:        the :class:`LipSyncPipeline` (U-Net, VAE, device, dtype).
+    resolution:      face size (256 / 512).
+    options:         :class:`~latentsync_core.options.SamplingOptions`.
+    generator:       the run's randomness (a CPU generator; noise is identical on every device); default:
+                     one seeded with ``options.seed``.
+    initial_latents: ``[1,4,1,h,w]`` (repeated) or ``[1,4,N',h,w]`` with N' >= the generated frames:
+                     replaces the drawn noise (nothing is drawn for it then, so the generator goes straight
+                     to the VAE posterior samples).
+    planned_frames:  how many frames all runs together regenerate: progress total = chunks x steps.
+    latent_overrides: per chunk, optional ``masked_image_latents`` / ``ref_latents`` ``[1,4,F,h,w]``
+                     replacing the VAE encodings (reproducing a reference run exactly).
+    return_latents:  keep every chunk's final latents ``[1,4,F,h,w]`` (CPU) in the result.
+    out_dtype:       dtype of the returned faces (float16: half the host memory; float32: what a ComfyUI
+                     IMAGE holds).
+    progress:        called with (done, total) after every U-Net step, counted in chunk-steps over the
+                     whole job (a call on k chunks advances it by k).
+    check_interrupt: called before every U-Net call; raise from it to stop (nothing is left changed).
+    """
+
+    def __init__(self, pipeline: LipSyncPipeline, resolution: int, options: SamplingOptions, *,
+                 generator: torch.Generator | None = None, initial_latents: torch.Tensor | None = None,
+                 planned_frames: int = 0, latent_overrides: Sequence[dict] | None = None,
+                 return_latents: bool = False, out_dtype: torch.dtype = torch.float16,
+                 progress: Callable[[int, int], None] | None = None,
+                 check_interrupt: Callable[[], None] | None = None):
+        self.pipe, self.options, self.resolution = pipeline, options, int(resolution)
+        if self.resolution % VAE_DOWNSCALE:
+            raise InputMismatchError(f"Face resolution {resolution} is not a multiple of {VAE_DOWNSCALE}.")
+        self.vae_encode = "sample" if options.vae_encode != "mean" and pipeline.vae.can_sample else "mean"
+        self.cache = DeepCache(pipeline.eager_unet, options.deepcache)
+        if self.cache.enabled and not hasattr(pipeline.eager_unet, "down_blocks"):
+            raise LatentSyncError("DeepCache needs the LatentSync U-Net (down_blocks/up_blocks); turn it off.")
+        self.generator = generator if generator is not None else torch.Generator("cpu").manual_seed(int(options.seed))
+        if initial_latents is not None:
+            # given noise is not drawn again: a job run in segments then draws exactly what one run draws
+            self.noise = initial_latents.float()
+        else:
+            self.noise = pipeline.draw_noise(self.generator, self.resolution, options.steps, options.sampler)
+        # [res,res] float32, 1 = keep. The official code multiplies float32 pixels by a float64 mask and
+        # casts back; the mask's values are float32 numbers (256 px: 0/1; 512 px: k/255 in float32), so
+        # the float64 product of two float32 numbers is exact and rounds to the same float32 as the
+        # correctly rounded float32 product: bit-identical, and devices without float64 (MPS) work.
+        self.mask = torch.tensor(fixed_mask(self.resolution), dtype=torch.float32).to(pipeline.device)
+        self.latent_hw = self.resolution // VAE_DOWNSCALE
+        self.do_cfg = options.guidance > 1.0
+        per_chunk = chunk_activation_bytes(_base_channels(pipeline.eager_unet), self.latent_hw, pipeline.dtype,
+                                           self.do_cfg) * (2 if self.cache.enabled else 1)
+        self.per_call = resolve_chunk_batch(options.chunk_batch, pipeline.device, per_chunk, MAX_CHUNK_BATCH)
+        self.total = math.ceil(int(planned_frames) / CHUNK_FRAMES) * options.steps
+        self.done = 0  # chunk-steps so far (progress)
+        self.chunks_done = 0  # chunks so far: where the next chunk's noise starts (multi-frame noise)
+        self.latent_overrides, self.return_latents = latent_overrides, return_latents
+        self.out_dtype, self.progress, self.check_interrupt = out_dtype, progress, check_interrupt
+
+    @torch.no_grad()
+    def run(self, faces: torch.Tensor, windows: Callable[[np.ndarray], torch.Tensor], index: np.ndarray,
+            generated: np.ndarray) -> SyncResult:
+        """Sample one part of the clip.
+
+        faces: ``[V,res,res,3]`` uint8 or float 0..1; windows: ``rows -> [n,50,384]`` audio windows of
+        output rows; index: int ``[N]`` face per output row; generated: bool ``[N]`` rows that go through
+        the model (in whole chunks of 16 except at the end of the job). Returns the ``N`` faces.
+        """
+        if check_faces(faces) != self.resolution:
+            raise InputMismatchError(f"faces are {faces.shape[1]} px, the job was made for {self.resolution} px.")
+        out = torch.empty((len(index), self.resolution, self.resolution, 3), dtype=self.out_dtype)
+        copy_idx = np.flatnonzero(~generated)
+        if len(copy_idx):
+            out[torch.from_numpy(copy_idx)] = _faces01(faces[torch.from_numpy(index[copy_idx])]).to(self.out_dtype).cpu()
+        todo = np.flatnonzero(generated)  # output rows that go through the model
+        chunk_rows = [todo[i:i + CHUNK_FRAMES] for i in range(0, len(todo), CHUNK_FRAMES)]
+        finals: list[torch.Tensor] = []
+        per_call = max(1, min(self.per_call, len(chunk_rows)))
+        with self.cache.active():
+            for group in group_chunks([len(r) for r in chunk_rows], per_call):
+                # per chunk, in chunk order: faces, mask, VAE encodes (masked then reference: the
+                # generator's draws are those of one chunk at a time) and the chunk's noise
+                prepared = [self._prepare_chunk(c, chunk_rows[c], faces, index, len(chunk_rows)) for c in group]
+                latents = self._denoise(prepared, windows, compiled=len(prepared) == per_call)
+                for i, p in enumerate(prepared):
+                    out[torch.from_numpy(p.rows)] = self._decode(latents[i:i + 1], p, finals)
+                del latents, prepared
+        self.chunks_done += len(chunk_rows)
+        return SyncResult(faces=out, generated=generated, final_latents=finals)
+
+    def _denoise(self, prepared: list[_Chunk], windows, compiled: bool) -> torch.Tensor:
+        """The scheduler loop for k chunks of equal length in one U-Net batch: final latents ``[k,4,n,h,w]``."""
+        pipe, options, k = self.pipe, self.options, len(prepared)
+        latents = torch.cat([p.latents for p in prepared])  # [k,4,n,h,w]
+        cond = torch.cat([p.cond for p in prepared]).to(pipe.dtype)  # [k,9,n,h,w]
+        audio = torch.cat([windows(p.rows) for p in prepared]).to(pipe.device, pipe.dtype)  # [k*n,50,384]
+        # a compiled U-Net sees one shape per run: full chunks, the usual batch, no DeepCache
+        compiled = compiled and not self.cache.enabled and len(prepared[0].rows) == CHUNK_FRAMES
+        if self.do_cfg:  # unconditional (all-zero audio) half first
+            audio = torch.cat([torch.zeros_like(audio), audio])
+            cond = torch.cat([cond, cond])
+        # the U-Net input is built once; each step only writes the latents into channels 0..3
+        model_in = torch.cat([torch.empty_like(cond[:, :LATENT_CHANNELS]), cond], dim=1)
+        del cond
+        scheduler = pipe.make_scheduler(options.steps, options.sampler)  # fresh: no sampler state crosses calls
+        step_t = [int(t) for t in scheduler.timesteps]  # host ints for the scheduler, no syncs
+        unet_t = scheduler.timesteps.to(pipe.device)  # device copies for the U-Net
+        for j, t in enumerate(step_t):
+            if self.check_interrupt is not None:
+                self.check_interrupt()
+            self.cache.step = j
+            scaled = scheduler.scale_model_input(latents, t).to(pipe.dtype)
+            model_in[:k, :LATENT_CHANNELS] = scaled
+            if self.do_cfg:
+                model_in[k:, :LATENT_CHANNELS] = scaled
+            pred = pipe._unet(model_in, unet_t[j], audio, compiled).float()
+            if self.do_cfg:
+                uncond, audio_pred = pred.chunk(2)
+                pred = uncond + options.guidance * (audio_pred - uncond)
+            latents = scheduler.step(pred, t, latents).prev_sample
+            self.done += k
+            if self.progress is not None:
+                self.progress(self.done, self.total)
+        return latents
+
+    def _decode(self, latents: torch.Tensor, p: _Chunk, finals: list) -> torch.Tensor:
+        """One chunk's final latents ``[1,4,n,h,w]`` -> faces ``[n,res,res,3]`` (out dtype, CPU, 0..1 units,
+        unclamped: paste-back resizes, then clamps, as the official restore)."""
+        latents = check_finite(latents, "unet", p.where)
+        if self.return_latents:
+            finals.append(latents.cpu())
+        decoded = check_finite(self.pipe.vae.decode(latents[0].permute(1, 0, 2, 3)), "vae_decode", p.where)
+        keep = self.mask  # official: decoded * (1 - mask) + original * mask
+        merged = decoded * (1 - keep) + p.pixels * keep  # [n,3,res,res]
+        return (merged / 2 + 0.5).permute(0, 2, 3, 1).to(self.out_dtype).cpu()
+
+    def _prepare_chunk(self, c: int, rows: np.ndarray, faces: torch.Tensor, index: np.ndarray,
+                       num_chunks: int) -> _Chunk:
+        """One chunk's pixels, conditioning ``[1,9,n,h,w]`` (mask | masked latents | reference latents)
+        and initial latents ``[1,4,n,h,w]``; the VAE encodes draw from the generator masked then ref."""
+        pipe, n, res, mask = self.pipe, len(rows), self.resolution, self.mask
+        chunk_faces = faces[torch.from_numpy(index[rows]).to(faces.device)].to(pipe.device)
+        pixels = faces_to_pixels(chunk_faces)  # float32 [n,3,res,res] in [-1,1]
+        masked = pixels * mask  # = official float32 x float64 mask, cast back (see __init__)
+        mask_lat = F.interpolate(mask.expand(n, 1, res, res), size=(self.latent_hw, self.latent_hw))  # nearest
+        mask_lat = mask_lat.permute(1, 0, 2, 3).unsqueeze(0).float()  # [1,1,n,h,w]
+
+        where = _where(c, num_chunks, rows)
+        c_job = self.chunks_done + c  # the chunk's place in the whole job
+        override = self.latent_overrides[c_job] if self.latent_overrides is not None else {}
+        encoded = []
+        for key, image in (("masked_image_latents", masked), ("ref_latents", pixels)):
+            lat = override.get(key)
+            if lat is None:
+                lat = _to_5d(check_finite(pipe.vae.encode(image, self.vae_encode, self.generator), "vae_encode", where))
+            encoded.append(lat.to(pipe.device, torch.float32))
+
+        start = c_job * CHUNK_FRAMES
+        if self.noise.shape[2] == 1:
+            latents = self.noise.expand(-1, -1, n, -1, -1).to(pipe.device).clone()
+        else:
+            latents = self.noise[:, :, start:start + n].to(pipe.device).clone()
+        cond = torch.cat([mask_lat, *encoded], dim=1)
+        return _Chunk(rows=rows, pixels=pixels, cond=cond, latents=latents, where=where)
 
 def _audio_windows(audio) -> Callable[[np.ndarray], torch.Tensor]:
     """``rows -> [len(rows),50,384]`` for a ``FrameAudio`` or a ``[N,50,384]`` window tensor (validated)."""

@@ -15,8 +15,10 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 
@@ -107,6 +109,32 @@ class AtomicOutput:
         self.done = True
         with contextlib.suppress(OSError):
             os.remove(self.tmp)
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"  # unreachable
+
+
+def disk_full_error(exc: BaseException, path: str | os.PathLike) -> LatentSyncError | None:
+    """One line for a write that failed because the disk (or quota) is full: the output's path and the
+    space left in its folder; None when ``exc`` is another error. The earlier file at ``path`` is intact
+    (the writer only ever wrote its temporary file)."""
+    if not isinstance(exc, OSError) or exc.errno not in NO_SPACE:
+        return None
+    folder = os.path.dirname(os.path.abspath(os.fspath(path))) or "."
+    try:
+        free = f"{_size(shutil.disk_usage(folder).free)} free"
+    except OSError:
+        free = "free space unknown"
+    return LatentSyncError(f"The disk is full: writing {os.fspath(path)} stopped ({free} in {folder}). Free some "
+                           "space or write the output to another disk; nothing was lost.")
 
 
 @contextlib.contextmanager

@@ -15,9 +15,8 @@ import torch
 
 from .constants import CHUNK_FRAMES
 from .errors import LatentSyncError
+from .options import MAX_CHUNK_BATCH, SAMPLERS  # noqa: F401  (the option table's)
 
-SAMPLERS = ("ddim", "dpmpp_2m")  # first: official default
-MAX_CHUNK_BATCH = 16  # most chunks "auto" puts into one U-Net call
 # Peak U-Net activation memory of one 16-frame chunk, per batch item (CFG doubles it), in units of
 # latent pixels x frames x base channels x bytes per element: measured 27.0 on the meta device
 # (`benchmarks/throughput.py memory`: live tensor bytes of the full-size U-Net, fused attention as on

@@ -10,10 +10,11 @@ run :func:`lip_sync_video`; neither holds the video in memory:
    landmarks are kept), then gap bridging, smoothing and affines over the whole clip, exactly as
    Face Crop & Align does on a frame batch.
 3. **Pass 2, segments**: the output frames are cut into segments that each hold ``segment_frames``
-   (a multiple of the 16-frame chunk) frames with a face. Per segment: decode, align, sample, paste
-   back, encode. One noise frame and one generator run through all segments, and segments hold whole
-   chunks of the frames that go through the model, so the result equals one sampler run over the whole
-   video with the same seed (the IMAGE graph), frame for frame.
+   (a multiple of the 16-frame chunk) frames that go through the model (a face was found, and the frame
+   is not kept as the input for silence). Per segment: decode, align (the aligner's own warp), sample,
+   paste back, encode. One :class:`~latentsync_core.pipeline.SamplingJob` (one generator, one noise
+   frame, one chunk plan) samples every segment, and segments hold whole chunks, so the result equals
+   one sampler run over the whole video with the same seed (the IMAGE graph), frame for frame.
 
 **Overlap** (``StreamSettings.overlap``; on by default when the U-Net is not on the CPU): segment k+1
 is decoded and aligned and segment k-1 pasted back and encoded on two helper threads while segment k is
@@ -48,78 +49,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from .audio.silence import DEFAULT_SILENCE_DB, DEFAULT_SILENCE_MS, silent_frames
-from .constants import (
-    CHUNK_FRAMES,
-    DEFAULT_GUIDANCE,
-    DEFAULT_SEED,
-    DEFAULT_STEPS,
-    FACE_BORDER_VALUE,
-    MAX_FACE_GAP,
-    RESOLUTION,
-)
-from .errors import FaceError, LatentSyncError
+from .constants import FACE_BORDER_VALUE, MAX_FACE_GAP, RESOLUTION
+from .errors import LatentSyncError
+from .options import SEGMENT_FRAMES, StreamSettings
 from .safe_output import check_output_path
-from .video_io import DEFAULT_CRF, VideoReader, VideoWriter, probe_video
+from .video_io import VideoReader, VideoWriter, probe_video
 
 log = logging.getLogger(__name__)
 
-SEGMENT_FRAMES = 4 * CHUNK_FRAMES  # frames with a face sampled per segment (bounded host memory)
 DETECT_BLOCK = 32  # frames decoded at a time for face detection
 IO_BLOCK = 32  # output frames decoded / pasted / encoded at a time
 HOLD_BYTES = 512 << 20  # a segment's decoded frames are kept for paste-back up to this size, else decoded again
-PASTE_METHODS = ("auto", "reference", "fast")
 
-Progress = Callable[[str, int, int], None]  # (stage, done, total): frames of the whole job
-
-
-@dataclass(frozen=True)
-class StreamSettings:
-    """The job's settings (the Sampler's and Face Crop & Align's widgets).
-
-    vae_encode: ``"auto"`` (the VAE posterior sampled with the run's generator where the VAE allows it,
-    as the official code; ComfyUI's VAE only gives the mean), ``"sample"`` or ``"mean"``.
-    paste: ``"auto"`` (batched torch/kornia on a GPU, OpenCV reference on the CPU), ``"reference"``, ``"fast"``.
-    sampler / chunk_batch: as :meth:`LipSyncPipeline.sync_faces` (``"ddim"``: official; chunks per U-Net
-    call, 0/"auto" from free device memory); chunks are batched within a segment.
-    blend / mask_grow / feather: as :func:`~latentsync_core.face.paste_back` (``"face"``, 0, None: official).
-    silence: True = frames whose audio window is silent (under ``silence_db`` dBFS for at least
-    ``silence_ms``, :func:`~latentsync_core.audio.silence.silent_frames`) are not synced: written as the
-    input frame, like frames without a face (False: official, every frame is synced).
-    overlap: decode/align the next segment and paste/encode the previous one on helper threads while a
-    segment is sampled (same output); None = when the U-Net is not on the CPU (on the CPU the sampler
-    already uses every core).
-    """
-
-    steps: int = DEFAULT_STEPS
-    guidance: float = DEFAULT_GUIDANCE
-    seed: int = DEFAULT_SEED
-    deepcache: int = 0
-    face: str | int = "largest"
-    max_gap: int = MAX_FACE_GAP
-    audio_mode: str = "seamless"
-    vae_encode: str = "auto"
-    paste: str = "auto"
-    crf: int = DEFAULT_CRF
-    segment_frames: int = SEGMENT_FRAMES
-    sampler: str = "ddim"
-    chunk_batch: int | str = "auto"
-    blend: str = "face"
-    mask_grow: int = 0
-    feather: int | None = None
-    silence: bool = False
-    silence_db: float = DEFAULT_SILENCE_DB
-    silence_ms: int = DEFAULT_SILENCE_MS
-    overlap: bool | None = None
-
-    def __post_init__(self):
-        from .face.paste import check_blend_options
-
-        check_blend_options(self.blend, self.mask_grow, self.feather)
-        if self.segment_frames < CHUNK_FRAMES or self.segment_frames % CHUNK_FRAMES:
-            raise ValueError(f"segment_frames must be a positive multiple of {CHUNK_FRAMES}, got {self.segment_frames}")
-        if self.paste not in PASTE_METHODS:
-            raise ValueError(f"paste must be one of {PASTE_METHODS}, not {self.paste!r}")
+# (stage, done, total): "faces" counts video frames searched for the face; "lip sync" counts sampler
+# steps of 16-frame chunks over the whole job (the sampling job's own total)
+Progress = Callable[[str, int, int], None]
+__all__ = ["StreamSettings", "StreamReport", "FacePlan", "lip_sync_video", "plan_segments", "detect_faces"]
 
 
 @dataclass
@@ -164,13 +109,13 @@ def release_host_memory() -> None:
         pass
 
 
-def plan_segments(synced: np.ndarray, per_segment: int = SEGMENT_FRAMES) -> list[tuple[int, int]]:
-    """Cut ``N`` output frames into ranges ``[a, b)``, each holding exactly ``per_segment`` frames with
-    ``synced`` True (the last: the rest). A new segment starts at a synced frame, so the frames without
-    a face between two segments end the earlier one. Chunks of the sampler never straddle a segment.
+def plan_segments(generated: np.ndarray, per_segment: int = SEGMENT_FRAMES) -> list[tuple[int, int]]:
+    """Cut ``N`` output frames into ranges ``[a, b)``, each holding exactly ``per_segment`` frames that
+    go through the model (``generated`` True; the last: the rest). A new segment starts at such a frame,
+    so the other frames between two segments end the earlier one. Sampler chunks never straddle a segment.
     """
-    n = len(synced)
-    todo = np.flatnonzero(synced)
+    n = len(generated)
+    todo = np.flatnonzero(generated)
     starts = [0, *(int(todo[k]) for k in range(per_segment, len(todo), per_segment))]
     ends = [*starts[1:], n]
     return [(a, b) for a, b in zip(starts, ends) if b > a]
@@ -184,10 +129,10 @@ def detect_faces(
     check_interrupt: Callable[[], None] | None = None,
 ) -> FacePlan:
     """Pass 1: landmarks of every frame (frames are decoded ``DETECT_BLOCK`` at a time and dropped),
-    then the same bridging, smoothing and affines as ``FaceAligner.build`` on the whole clip."""
-    from .face.aligner import face_summary, no_face_message
-    from .face.gaps import bridge_gaps, runs
-    from .face.geometry import track_affines
+    then the aligner's own bridging, smoothing and affines on the whole clip (``FaceAligner.track``).
+    ``max_gap`` is the aligner's (kept for callers that pass it)."""
+    from .face.aligner import face_summary
+    from .face.gaps import runs
 
     n = reader.num_frames
     landmarks = np.full((n, 68, 2), np.nan)
@@ -199,10 +144,7 @@ def detect_faces(
         landmarks[start : start + len(frames)], found[start : start + len(frames)] = lm, ok
         if progress is not None:
             progress(start + len(frames), n)
-    if not found.any():
-        raise FaceError(no_face_message(n, aligner.face))
-    landmarks, found, bridged = bridge_gaps(landmarks, found, max_gap)
-    _, affines = track_affines(landmarks, found, aligner.resolution)
+    _, affines, found, bridged = aligner.track(landmarks, found)
     summary = face_summary(found, bridged, runs(~found))
     if (~found).any() or bridged.any():
         log.warning("LatentSync face alignment: %s", summary)
@@ -232,123 +174,143 @@ def lip_sync_video(
     unet / vae / whisper: as :class:`~latentsync_core.pipeline.LipSyncPipeline` takes them (the U-Net's
     device and dtype are the run's). aligner: a ``FaceAligner`` (default: one at ``resolution`` with
     the settings' face selection; ``task_path`` for the Tasks backend). progress: ``(stage, done,
-    total)`` with stages ``"faces"`` and ``"lip sync"`` counted in frames (total = video frames +
-    output frames). check_interrupt: called between blocks and before every U-Net call; raise from it
-    to cancel (nothing is written under ``out``).
+    total)``, see :data:`Progress`. check_interrupt: called between blocks and before every U-Net call;
+    raise from it to cancel (nothing is written under ``out``).
 
     Raises LatentSyncError (FaceError, AudioError, ...) with a message for the user.
     """
-    from .audio import embed_audio
     from .face import FaceAligner
-    from .length import ping_pong_indices
-    from .pipeline import LipSyncPipeline
 
     t0 = time.perf_counter()
     settings = settings or StreamSettings()
     out = check_output_path(out, inputs=[video], what="output")
     info = probe_video(video)
-    fps = float(info.fps)
-    log.info("video: %dx%d, %d frames at %.3f fps", info.width, info.height, info.num_frames, fps)
-
     samples, rate = _waveform_ct(waveform), int(sample_rate)
-    frame_audio = embed_audio(whisper, samples, rate, fps=fps, mode=settings.audio_mode)
-    num_out = frame_audio.num_frames
-    if num_out < 1:
-        raise LatentSyncError("The audio is shorter than one video frame.")
-    total = info.num_frames + num_out
-
-    reported = [0]
-    report_lock = threading.Lock()
-
-    def report(stage: str, done: int) -> None:
-        """Progress in frames of the whole job; never backwards (helper threads report too)."""
-        if progress is None:
-            return
-        with report_lock:
-            reported[0] = done = max(reported[0], int(done))
-            progress(stage, done, total)
-
+    announce_length(info, samples.shape[-1] / rate)
     own_aligner = aligner is None
     if own_aligner:
         aligner = FaceAligner(resolution, face=settings.face, max_gap=settings.max_gap, task_path=task_path)
+    job = _StreamJob(settings, info, samples, rate, whisper, progress, check_interrupt)
     with VideoReader(video) as reader:
         try:
-            plan = detect_faces(reader, aligner, settings.max_gap, lambda d, _t: report("faces", d), check_interrupt)
+            plan = detect_faces(reader, aligner, settings.max_gap, lambda d, t: job.report("faces", d, t),
+                                check_interrupt)
         finally:
             if own_aligner:
                 aligner.close()
-        res = aligner.resolution
-
-        index = ping_pong_indices(info.num_frames, num_out)  # output frame -> video frame
-        synced = plan.found[index]
-        if settings.silence:  # before plan_segments: segments still hold whole chunks of synced frames
-            quiet = silent_frames(frame_audio.waveform, num_out, fps, threshold_db=settings.silence_db,
-                                  min_duration_ms=settings.silence_ms)
-            log.info("silence: %d of %d frames kept as the input", int((synced & quiet).sum()), num_out)
-            synced = synced & ~quiet
-        pipeline = LipSyncPipeline(unet, vae)
-        vae_encode = settings.vae_encode
-        if vae_encode == "auto":
-            vae_encode = "sample" if pipeline.vae.can_sample else "mean"
-        fast = settings.paste == "fast" or (settings.paste == "auto" and pipeline.device.type != "cpu")
-        # one generator for the whole job: the noise frame is drawn first, then every chunk's VAE samples
-        generator = torch.Generator("cpu").manual_seed(int(settings.seed))
-        noise = pipeline.draw_noise(generator, res, settings.steps, settings.sampler)
-        audio_track = (samples[:, : math.ceil(num_out / fps * rate)].numpy(), rate)
-
-        frame_bytes = info.width * info.height * 3
-        overlap = settings.overlap if settings.overlap is not None else pipeline.device.type != "cpu"
-        stages = _Stages(overlap, check_interrupt)
-
-        def prepare(segment: tuple[int, int]):
-            """Decode and align a segment: (rows, held frames or None, uint8 faces of its synced frames)."""
-            a, b = segment
-            rows = np.arange(a, b)
-            hold = (b - a) * frame_bytes <= HOLD_BYTES
-            held, faces = _gather(reader, index[rows], synced[rows], plan.affines, res, hold, stages.check)
-            return rows, held, faces
-
-        def sample(rows: np.ndarray, faces: np.ndarray) -> np.ndarray | None:
-            """The segment's generated faces (float 0..1 ``[n, res, res, 3]``, unclamped), None if none."""
-            todo = np.flatnonzero(synced[rows])
-            if not len(todo):
-                return None
-            a, b = int(rows[0]), int(rows[-1]) + 1
-            steps_total = math.ceil(len(todo) / CHUNK_FRAMES) * int(settings.steps)
-            return pipeline.sync_faces(
-                torch.from_numpy(faces),
-                frame_audio.windows(rows[todo]),
-                source_index=np.arange(len(todo)),
-                steps=settings.steps,
-                guidance=settings.guidance,
-                generator=generator,
-                initial_latents=noise,
-                vae_encode=vae_encode,
-                deepcache=settings.deepcache,
-                sampler=settings.sampler,
-                chunk_batch=settings.chunk_batch,
-                progress=lambda d, _t: report("lip sync", info.num_frames + a + (b - a) * d // max(steps_total, 1) - 1),
-                check_interrupt=check_interrupt,
-            ).faces.float().numpy()  # float 0..1, unclamped: paste-back resizes first (official)
-
-        with VideoWriter(out, info.width, info.height, info.fps, audio=audio_track, crf=settings.crf) as writer:
+        job.plan_sampling(plan, aligner, unet, vae)
+        with VideoWriter(out, info.width, info.height, info.fps, audio=job.audio_track, crf=settings.crf) as writer:
             # a second decoder for paste-back when it runs beside the next segment's decode
-            paste_reader = VideoReader(video) if overlap else reader
+            paste_reader = VideoReader(video) if job.stages.overlap else reader
             try:
-
-                def finish(rows: np.ndarray, held, result) -> None:
-                    _paste_and_write(writer, paste_reader, rows, index, synced, result, plan.affines, held, fast,
-                                     pipeline.device, stages.check, settings)  # fmt: skip
-                    report("lip sync", info.num_frames + int(rows[-1]) + 1)
-                    release_host_memory()
-
-                stages.run(plan_segments(synced, settings.segment_frames), prepare, sample, finish)
+                job.run(reader, paste_reader, writer)
             finally:
                 if paste_reader is not reader:
                     paste_reader.close()
     seconds = time.perf_counter() - t0
-    log.info("wrote %s: %d frames in %.1f s", out, num_out, seconds)
-    return StreamReport(out, num_out, info.fps, info.width, info.height, info.num_frames, plan.summary, seconds)
+    return StreamReport(out, job.num_out, info.fps, info.width, info.height, info.num_frames, plan.summary, seconds)
+
+
+def announce_length(info, audio_seconds: float) -> None:
+    """Say before any work how the video will be matched to the audio when they differ a lot (a 10-minute
+    audio on a 2 s video means thousands of looped frames)."""
+    from .timing import num_frames_for_duration
+
+    num_out = num_frames_for_duration(audio_seconds, float(info.fps))
+    video_seconds = info.num_frames / float(info.fps)
+    log.info("video: %dx%d, %d frames at %.3f fps; audio %.2f s -> %d frames", info.width, info.height,
+             info.num_frames, float(info.fps), audio_seconds, num_out)
+    if num_out > 2 * info.num_frames:
+        log.warning("the audio (%.1f s) is %.0fx longer than the video (%.1f s): the video is played back and forth "
+                    "to make %d frames", audio_seconds, audio_seconds / max(video_seconds, 1e-9), video_seconds, num_out)
+
+
+class _StreamJob:
+    """Pass 2 of one streaming job: the audio, the plan of generated frames, the sampling job, and the
+    per-segment stages prepare (decode + align) -> sample -> finish (paste + encode)."""
+
+    def __init__(self, settings, info, samples, rate, whisper, progress, check_interrupt):
+        from .audio import embed_audio
+
+        self.settings, self.info, self.fps = settings, info, float(info.fps)
+        self.progress, self.check_interrupt = progress, check_interrupt
+        self.frame_audio = embed_audio(whisper, samples, rate, fps=self.fps, mode=settings.audio_mode)
+        self.num_out = self.frame_audio.num_frames
+        if self.num_out < 1:
+            raise LatentSyncError("The audio is shorter than one video frame.")
+        self.audio_track = (samples[:, : math.ceil(self.num_out / self.fps * rate)].numpy(), rate)
+        self.stages = _Stages(False, check_interrupt)
+        self._reported: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def report(self, stage: str, done: int, total: int) -> None:
+        """Progress of one stage; never backwards (helper threads report too)."""
+        if self.progress is None:
+            return
+        with self._lock:
+            done = max(self._reported.get(stage, 0), int(done))
+            self._reported[stage] = done
+            self.progress(stage, done, total)
+
+    def plan_sampling(self, plan: FacePlan, aligner, unet, vae) -> None:
+        """Which output frames are generated (face found, not silent), and the sampling job over them."""
+        from .audio.silence import silent_frames
+        from .options import SamplingOptions
+        from .pipeline import LipSyncPipeline
+        from .timing import ping_pong_indices
+
+        s = self.settings
+        self.plan, self.aligner = plan, aligner
+        self.index = ping_pong_indices(self.info.num_frames, self.num_out)  # output frame -> video frame
+        generated = plan.found[self.index]
+        if s.silence:  # before plan_segments: segments still hold whole chunks of generated frames
+            quiet = silent_frames(self.frame_audio.waveform, self.num_out, self.fps, threshold_db=s.silence_db,
+                                  min_duration_ms=s.silence_ms)
+            log.info("silence: %d of %d frames kept as the input", int((generated & quiet).sum()), self.num_out)
+            generated = generated & ~quiet
+        self.generated = generated
+        self.pipeline = pipeline = LipSyncPipeline(unet, vae)
+        # one generator for the whole job: the noise frame is drawn first, then every chunk's VAE samples
+        self.sampling = pipeline.job(
+            aligner.resolution, s.group(SamplingOptions), planned_frames=int(generated.sum()),
+            progress=lambda d, t: self.report("lip sync", d, t), check_interrupt=self.check_interrupt)
+        self.fast = s.paste == "fast" or (s.paste == "auto" and pipeline.device.type != "cpu")
+        overlap = s.overlap if s.overlap is not None else pipeline.device.type != "cpu"
+        self.stages = _Stages(overlap, self.check_interrupt)
+
+    def run(self, reader, paste_reader, writer) -> None:
+        self.reader, self.paste_reader, self.writer = reader, paste_reader, writer
+        self.stages.run(plan_segments(self.generated, self.settings.segment_frames), self.prepare, self.sample,
+                        self.finish)
+
+    def prepare(self, segment: tuple[int, int]):
+        """Decode and align a segment: (rows, held frames or None, uint8 faces of its generated frames)."""
+        a, b = segment
+        rows = np.arange(a, b)
+        hold = (b - a) * self.info.width * self.info.height * 3 <= HOLD_BYTES
+        held, faces = _gather(self.reader, self.index[rows], self.generated[rows], self.plan.affines, self.aligner,
+                              hold, self.stages.check)
+        return rows, held, faces
+
+    def sample(self, rows: np.ndarray, faces: np.ndarray) -> np.ndarray | None:
+        """The segment's generated faces (float 0..1 ``[n, res, res, 3]``, unclamped), None if none."""
+        todo = np.flatnonzero(self.generated[rows])
+        if not len(todo):
+            return None
+        n = len(todo)
+        result = self.sampling.run(torch.from_numpy(faces), _windows_of(self.frame_audio, rows[todo]), np.arange(n),
+                                   np.ones(n, dtype=bool))
+        return result.faces.float().numpy()  # float 0..1, unclamped: paste-back resizes first (official)
+
+    def finish(self, rows: np.ndarray, held, result) -> None:
+        _paste_and_write(self.writer, self.paste_reader, rows, self.index, self.generated, result, self.plan.affines,
+                         held, self.fast, self.pipeline.device, self.stages.check, self.settings)
+        release_host_memory()
+
+
+def _windows_of(frame_audio, frames: np.ndarray):
+    """``rows -> [n,50,384]``: the audio windows of the segment's generated frames (rows index ``frames``)."""
+    return lambda rows: frame_audio.windows(frames[rows])
 
 
 class _Stopped(Exception):
@@ -421,25 +383,25 @@ def _read(reader: VideoReader, src: np.ndarray) -> np.ndarray:
     return reader.read(lo, hi)[src - lo]
 
 
-def _gather(reader, src, synced, affines, res, hold, check_interrupt):
-    """Decode a segment block by block: the aligned faces of its synced frames (uint8 ``[n, res, res, 3]``)
-    and, when ``hold``, its decoded frames for paste-back (else None: they are decoded again)."""
-    from .face.geometry import warp_face
+def _gather(reader, src, generated, affines, aligner, hold, check_interrupt):
+    """Decode a segment block by block: the aligned faces of its generated frames (uint8 ``[n, res, res, 3]``,
+    the aligner's own warp) and, when ``hold``, its decoded frames for paste-back (else None: decoded again)."""
     from .face.threads import default_workers, ordered_map
 
-    faces = np.full((int(synced.sum()), res, res, 3), FACE_BORDER_VALUE, dtype=np.uint8)
+    res = aligner.resolution
+    faces = np.full((int(generated.sum()), res, res, 3), FACE_BORDER_VALUE, dtype=np.uint8)
     held = [] if hold else None
     k = 0
     workers = default_workers()
     for s in range(0, len(src), IO_BLOCK):
         if check_interrupt is not None:
             check_interrupt()
-        block_src, block_synced = src[s : s + IO_BLOCK], synced[s : s + IO_BLOCK]
-        if not hold and not block_synced.any():
+        block_src, block_generated = src[s : s + IO_BLOCK], generated[s : s + IO_BLOCK]
+        if not hold and not block_generated.any():
             continue
         frames = _read(reader, block_src)
-        todo = np.flatnonzero(block_synced)
-        warps = ordered_map(lambda j, f=frames, s=block_src: warp_face(f[j], affines[s[j]], res), todo, workers)
+        todo = np.flatnonzero(block_generated)
+        warps = ordered_map(lambda j, f=frames, s=block_src: aligner.warp(f[j], affines[s[j]]), todo, workers)
         for face in warps:  # OpenCV releases the GIL: the warps run on a few threads
             faces[k] = face
             k += 1
@@ -448,20 +410,20 @@ def _gather(reader, src, synced, affines, res, hold, check_interrupt):
     return held, faces
 
 
-def _paste_and_write(writer, reader, rows, index, synced, result, affines, held, fast, device, check_interrupt,
+def _paste_and_write(writer, reader, rows, index, generated, result, affines, held, fast, device, check_interrupt,
                      settings: StreamSettings):
     """Paste the segment's generated faces into its frames and encode them, block by block."""
     from .face import paste_back
 
-    seg_synced = synced[rows]
-    position = np.cumsum(seg_synced) - 1  # row -> its face in result (where synced)
+    seg_generated = generated[rows]
+    position = np.cumsum(seg_generated) - 1  # row -> its face in result (where generated)
     for n, s in enumerate(range(0, len(rows), IO_BLOCK)):
         if check_interrupt is not None:
             check_interrupt()
         block = slice(s, s + IO_BLOCK)
         src = index[rows[block]]
         frames = held[n] if held is not None else _read(reader, src)
-        ok = seg_synced[block]
+        ok = seg_generated[block]
         if ok.any():
             faces = np.zeros((len(src), *result.shape[1:]), dtype=np.float32)
             faces[ok] = result[position[block][ok]]

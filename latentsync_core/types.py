@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from .constants import DEFAULT_FPS, RESOLUTION, SAMPLE_RATE
+from .timing import frame_windows
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,8 @@ class FrameAudio:
         return cls(features=None, num_frames=int(windows.shape[0]), fps=fps, table=windows, **kwargs)
 
     def windows(self, frames=None) -> torch.Tensor:
-        """Windows of the given output frames (int ``[n]``; default all): float ``[n, 50, 384]``."""
+        """Windows of the given output frames (int ``[n]``; default all, 77 KB a frame: short clips only):
+        float ``[n, 50, 384]``."""
         if frames is None:
             frames = np.arange(self.num_frames)
         frames = np.asarray(frames, dtype=np.int64).reshape(-1)
@@ -52,14 +54,7 @@ class FrameAudio:
             raise IndexError(f"audio frames {frames.min()}..{frames.max()} outside 0..{self.num_frames - 1}")
         if self.table is not None:
             return self.table[torch.from_numpy(frames)]
-        from .audio.features import frame_audio_windows
-
-        return frame_audio_windows(self.features, frames, self.fps)
-
-    @property
-    def chunks(self) -> torch.Tensor:
-        """Every frame's window ``[num_frames, 50, 384]`` at once (77 KB a frame: short clips only)."""
-        return self.windows()
+        return frame_windows(self.features, frames, self.fps)
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,9 @@ import torch
 from .checkpoints import as_state_dict, read_checkpoint
 from .constants import LATENT_SCALE
 from .errors import CheckpointError, LatentSyncError
+from .options import VAE_ENCODE_MODES as _OPTION_MODES
 
-VAE_ENCODE_MODES = ("sample", "mean")
+VAE_ENCODE_MODES = tuple(m for m in _OPTION_MODES if m != "auto")  # what encode() takes ("auto" is resolved before)
 # keys of the original Stable Diffusion (LDM) layout: vae-ft-mse-840000-ema-pruned, full SD checkpoints
 _LDM_VAE_KEY = re.compile(r"^(first_stage_model\.|vae\.)?(encoder|decoder)\.(down|up|mid)\.")
 SD_VAE_CONFIG = {

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from dataclasses import dataclass
@@ -22,11 +23,12 @@ import av
 import numpy as np
 
 from .errors import LatentSyncError
-from .safe_output import AtomicOutput
+from .options import DEFAULT_CRF  # noqa: F401  (x264 quality: the option table's default)
+from .safe_output import AtomicOutput, disk_full_error
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CRF = 18  # x264 constant-quality factor: 18 is visually lossless, lower is larger
+
 DEFAULT_PRESET = "medium"
 AUDIO_BITRATE = 192_000
 _SEEK_AHEAD = 64  # decode forward rather than seek when the next range starts this close
@@ -79,10 +81,11 @@ def _frame_pts(container, stream, path: str) -> list[int] | None:
     claimed = int(stream.frames or 0)
     if claimed > count and end >= os.path.getsize(path):  # the data stops at the end of the file: cut off
         name = os.path.basename(path)
+        whole = max(count - 1, 1)  # the last packet runs into the end of the file: count it as cut off
         raise LatentSyncError(
-            f"{name} is truncated: its index lists {claimed} frames but the file holds only {count} "
-            f"(an interrupted download or copy?). Use the complete file; to use the {count} frames that are "
-            f"there, re-encode them first (e.g. ffmpeg -i {name} -frames:v {max(count - 1, 1)} fixed.mp4)."
+            f"{name} is truncated: its index lists {claimed} frames but the file holds only {whole} whole ones "
+            f"(an interrupted download or copy?). Use the complete file; to use the {whole} frames that are "
+            f"there, re-encode them first (e.g. ffmpeg -i {name} -frames:v {whole} fixed.mp4)."
         )
     return sorted(pts) if pts is not None else None
 
@@ -283,24 +286,37 @@ class VideoWriter:
             raise ValueError(
                 f"expected uint8 frames [n, {self.video.height}, {self.video.width}, 3], got {frames.dtype} {frames.shape}"
             )
-        for rgb in frames:
-            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-            frame.pts = self.frames_written
-            frame.time_base = 1 / self.fps
-            self.container.mux(self.video.encode(frame))
-            self.frames_written += 1
-        self._mux_audio_until(self.frames_written / self.fps)
+        with self._disk_full_said():
+            for rgb in frames:
+                frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+                frame.pts = self.frames_written
+                frame.time_base = 1 / self.fps
+                self.container.mux(self.video.encode(frame))
+                self.frames_written += 1
+            self._mux_audio_until(self.frames_written / self.fps)
+
+    @contextlib.contextmanager
+    def _disk_full_said(self):
+        """A full disk while encoding: one line with the path and the free space, not FFmpeg's traceback."""
+        try:
+            yield
+        except OSError as exc:
+            said = disk_full_error(exc, self.path)
+            if said is None:
+                raise
+            raise said from exc
 
     def close(self) -> None:
         """Finish the streams and move the complete file onto ``path``."""
         if self.container is None:
             return
         try:
-            self.container.mux(self.video.encode(None))
-            if self.audio is not None:
-                self._mux_audio_until(self.frames_written / self.fps)
-                self.container.mux(self.audio.encode(None))
-            self.container.close()
+            with self._disk_full_said():
+                self.container.mux(self.video.encode(None))
+                if self.audio is not None:
+                    self._mux_audio_until(self.frames_written / self.fps)
+                    self.container.mux(self.audio.encode(None))
+                self.container.close()
             self.container = None
             self._target.commit()
         except BaseException:

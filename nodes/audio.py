@@ -9,7 +9,6 @@ import torch
 
 from ..latentsync_core.audio import (
     MEDIA_EXTENSIONS,
-    MODES,
     comfy_audio_parts,
     embed_audio,
     load_audio_file,
@@ -18,8 +17,9 @@ from ..latentsync_core.audio import (
 from ..latentsync_core.constants import DEFAULT_FPS, WHISPER_FILENAME
 from ..latentsync_core.download import ensure_model_file
 from ..latentsync_core.errors import ModelMissingError
+from ..latentsync_core.options import option
 from . import comfy_bridge as bridge
-from .types import CATEGORY, LATENTSYNC_AUDIO, LATENTSYNC_WHISPER
+from .types import CATEGORY, LATENTSYNC_AUDIO, LATENTSYNC_WHISPER, WHISPER_INPUT
 
 DEVICES = ["auto", "cpu"]
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -146,25 +146,19 @@ class LatentSyncWhisperEmbedding:
         return {
             "required": {
                 "audio": ("AUDIO", {"tooltip": "Speech, any sample rate and channels (down-mixed and resampled to 16 kHz mono)."}),
-                "whisper": (LATENTSYNC_WHISPER, {"tooltip": "From LatentSync Whisper Loader."}),
+                "whisper": WHISPER_INPUT,
                 "fps": (
                     "FLOAT",
                     {"default": DEFAULT_FPS, "min": 1.0, "max": 240.0, "step": 0.001, "tooltip": "Frame rate of the video to lip-sync (the model was trained at 25)."},
                 ),
             },
             "optional": {
-                "mode": (
-                    list(MODES),
-                    {
-                        "default": MODES[0],
-                        "tooltip": "seamless: no glitch every 30 s on long clips (identical to official up to 30 s); "
-                        "official: independent 30 s windows, as the reference code.",
-                    },
-                ),
+                "mode": option("audio_mode").input(),
             },
         }
 
-    def embed(self, audio, whisper, fps: float = DEFAULT_FPS, mode: str = MODES[0]):
+    def embed(self, audio, whisper, fps: float = DEFAULT_FPS, mode: str | None = None):
+        mode = option("audio_mode").default if mode is None else option("audio_mode").from_widget(mode)
         waveform, rate = comfy_audio_parts(audio)
         frame_audio = embed_audio(whisper, waveform, rate, fps=fps, mode=mode, progress=bridge.progress_callback())
         return (frame_audio, frame_audio.num_frames)

@@ -7,12 +7,12 @@ import logging
 import numpy as np
 import torch
 
-from ..latentsync_core.constants import MAX_FACE_GAP, RESOLUTION, SUPPORTED_RESOLUTIONS
 from ..latentsync_core.errors import InputMismatchError
 from ..latentsync_core.face import FaceAligner, fixed_mask, iter_patches
 from ..latentsync_core.face.landmarks import legacy_face_mesh_available, tasks_available
 from ..latentsync_core.face.preview import draw_previews
 from ..latentsync_core.face.task_file import resolve_task_file
+from ..latentsync_core.options import FaceOptions, PasteOptions, from_widgets, node_inputs
 from ..latentsync_core.types import FaceTrack
 from . import comfy_bridge as bridge
 from .types import CATEGORY, LATENTSYNC_FACES
@@ -20,9 +20,6 @@ from .types import CATEGORY, LATENTSYNC_FACES
 logger = logging.getLogger(__name__)
 
 BATCH = 8  # frames converted to uint8 at a time (never a second copy of the whole video)
-FACE_CHOICES = ["largest", "index from left"]
-PASTE_METHODS = ["auto", "reference (OpenCV)", "fast (torch/kornia)"]
-BLEND_CHOICES = ["face", "mouth"]
 
 
 class _Uint8Frames:
@@ -40,7 +37,7 @@ class _Uint8Frames:
         return (frame[..., :3].float() * 255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()
 
 
-def _task_path() -> str | None:
+def task_path() -> str | None:
     """``face_landmarker.task`` for mediapipe releases without the legacy face mesh (fetched once).
 
     Same resolution as the library (``resolve_task_file``): ComfyUI's ``models/latentsync`` folders
@@ -80,17 +77,16 @@ class LatentSyncFaceCropAlign:
         return {
             "required": {
                 "images": ("IMAGE", {"tooltip": "Video frames (any size); one face per frame is aligned."}),
-                "face": (FACE_CHOICES, {"default": "largest", "tooltip": "Which face to use when there are several: the largest, or the one at face_index counting from the left."}),
-                "face_index": ("INT", {"default": 0, "min": 0, "max": 63, "tooltip": "With 'index from left': 0 = leftmost face, 1 = the next one, ..."}),
-                "max_gap_frames": ("INT", {"default": MAX_FACE_GAP, "min": 0, "max": 1000, "tooltip": "Runs of up to this many frames without a detected face are filled in from the neighbouring frames; longer runs are left untouched."}),
-                "resolution": ("INT", {"default": RESOLUTION, "min": min(SUPPORTED_RESOLUTIONS), "max": max(SUPPORTED_RESOLUTIONS), "step": 256, "tooltip": "Aligned face size: 256 for LatentSync 1.5, 512 for LatentSync 1.6 (must match the model)."}),
+                **node_inputs("face", "max_gap", "resolution"),
             }
         }  # fmt: skip
 
-    def align(self, images, face, face_index, max_gap_frames, resolution):
-        selection = "largest" if face == "largest" else int(face_index)
+    def align(self, images, face=None, face_index=None, max_gap_frames=None, resolution=None):
+        widgets = {"face": face, "face_index": face_index, "max_gap_frames": max_gap_frames, "resolution": resolution}
+        options = FaceOptions(**from_widgets(widgets, ("face", "max_gap", "resolution")))
+        resolution = options.resolution
         frames = _Uint8Frames(images)
-        aligner = FaceAligner(int(resolution), face=selection, max_gap=int(max_gap_frames), task_path=_task_path())
+        aligner = FaceAligner(resolution, face=options.face, max_gap=options.max_gap, task_path=task_path())
         # the float IMAGE output is filled face by face: no second (uint8) copy of all faces
         faces = torch.empty((len(frames), int(resolution), int(resolution), 3), dtype=torch.float32)
 
@@ -135,21 +131,21 @@ class LatentSyncPasteBack:
                 "images": ("IMAGE", {"tooltip": "The original video frames (the ones given to Face Crop & Align)."}),
                 "faces": ("IMAGE", {"tooltip": "Generated faces from the LatentSync Sampler [N, res, res, 3], or the same faces after a face restorer / upscaler (any square size: resampled to the crop)."}),
                 "face_track": (LATENTSYNC_FACES, {"tooltip": "The face track from the sampler (or from Face Crop & Align when the lengths match)."}),
-                "method": (PASTE_METHODS, {"default": "auto", "tooltip": "reference: OpenCV exactly as the official code (CPU); fast: batched torch/kornia on the GPU (bilinear, within 1 grey level); auto: fast on a GPU, reference on CPU."}),
-                "blend": (BLEND_CHOICES, {"default": "face", "tooltip": "face: the official blend of the whole aligned crop (soft crop edge). mouth: only the regenerated mouth region is blended, with its own soft edge; every other pixel, the rest of the face included, stays exactly the input (no blur of eyes and skin, no box edge)."}),
-                "mask_grow": ("INT", {"default": 0, "min": -64, "max": 64, "step": 1, "tooltip": "Pixels (in the frame) to grow (+) or shrink (-) the blend region before the soft edge. In face mode the crop edge is the limit, so only shrinking changes anything."}),
-                "feather": ("INT", {"default": -1, "min": -1, "max": 128, "step": 1, "tooltip": "Width of the soft edge in frame pixels; -1 = official (crop size / 20). 0 = hard edge."}),
+                **node_inputs("paste", "blend", "mask_grow", "feather"),
             },
             "optional": {
                 "protect_mask": ("MASK", {"tooltip": "Optional frame-space mask [N,H,W] or [1,H,W], 1 = may change, 0 = keep the input (protect a hand or a microphone). Multiplied into the blend."}),
             },
         }  # fmt: skip
 
-    def paste(self, images, faces, face_track: FaceTrack, method="auto", blend="face", mask_grow=0, feather=-1, protect_mask=None):
+    def paste(self, images, faces, face_track: FaceTrack, method=None, blend=None, mask_grow=None, feather=None,
+              protect_mask=None):
+        widgets = {"method": method, "blend": blend, "mask_grow": mask_grow, "feather": feather}
+        options = PasteOptions(**from_widgets(widgets, ("paste", "blend", "mask_grow", "feather")))
         _check_inputs(images, faces, face_track)
         protect = _protect_mask(protect_mask, images)
         device = bridge.compute_device()
-        fast = method.startswith("fast") or (method == "auto" and torch.device(device).type != "cpu")
+        fast = options.paste == "fast" or (options.paste == "auto" and torch.device(device).type != "cpu")
         n = len(face_track)
         out = torch.empty((n, *images.shape[1:3], 3), dtype=torch.float32)
         weights = torch.zeros((n, *images.shape[1:3]), dtype=torch.float32)
@@ -167,9 +163,9 @@ class LatentSyncPasteBack:
                 fast=fast,
                 device=device,
                 batch_size=BATCH,
-                blend=blend,
-                mask_grow=int(mask_grow),
-                feather=None if int(feather) < 0 else int(feather),
+                blend=options.blend,
+                mask_grow=options.mask_grow,
+                feather=options.feather,
                 mask=None if protect is None else (protect if len(protect) == 1 else protect[face_track.frame_index[start:stop]]),
                 resolution=face_track.resolution,
                 with_mask=True,

@@ -9,9 +9,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..latentsync_core import precision
 from ..latentsync_core.checkpoints import guess_unet_resolution
 from ..latentsync_core.download import MODEL_FILES, ensure_model_file
 from ..latentsync_core.errors import InputMismatchError, ModelMissingError
+from ..latentsync_core.options import from_widgets, node_inputs
 from ..latentsync_core.sampling import compile_unet
 from ..latentsync_core.unet import load_unet
 from . import comfy_bridge as bridge
@@ -21,7 +23,6 @@ logger = logging.getLogger(__name__)
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "latentsync_core", "configs")
 CONFIGS = {256: "stage2.yaml", 512: "stage2_512.yaml"}  # the official U-Net configs per face size
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ACTIVATION_SLACK = 1.5  # device memory asked for beyond the weights (activations of a 16-frame chunk)
 # the released U-Nets, listed even when absent: choosing one downloads it from the Hugging Face Hub
 DOWNLOADABLE = {MODEL_FILES[kind].local_name: kind for kind in ("unet-1.5", "unet-1.6")}
@@ -124,16 +125,12 @@ def sidecar_config(path: str, roots=()) -> str | None:
 
 
 def pick_dtype(choice: str, device) -> torch.dtype:
-    """``auto``: bf16 or fp16 where ComfyUI says the GPU runs them well, fp32 on the CPU."""
-    if choice != "auto":
-        return DTYPES[choice]
-    if bridge.is_device_cpu(device):
-        return torch.float32
-    if bridge.should_use_bf16(device):
-        return torch.bfloat16
-    if bridge.should_use_fp16(device):
-        return torch.float16
-    return torch.float32
+    """The core's one precision rule (the command line's too); ComfyUI's model management says whether the
+    GPU runs bf16 / fp16 well (it honours ComfyUI's --force-fp16 / --force-fp32)."""
+    if choice == "auto" and bridge.is_device_cpu(device):
+        device = "cpu"
+    return precision.pick_dtype(choice, device, bf16=bridge.should_use_bf16(device) if choice == "auto" else None,
+                                fp16=bridge.should_use_fp16(device) if choice == "auto" else None)
 
 
 class LatentSyncModelLoader:
@@ -162,21 +159,12 @@ class LatentSyncModelLoader:
                     "default": "auto",
                     "tooltip": "Face size the model was trained for. auto: from the file (1.6 / 512 in its name or "
                                "metadata = 512, else 256). Must match Face Crop & Align's resolution."}),
-                "dtype": (["auto", "fp16", "bf16", "fp32"], {
-                    "default": "auto",
-                    "tooltip": "Weight precision. auto: bf16 or fp16 on GPUs that support them, fp32 on the CPU."}),
+                **node_inputs("dtype"),
             },
-            "optional": {
-                "compile": (["off", "torch.compile"], {
-                    "default": "off",
-                    "tooltip": "torch.compile the U-Net: the same model, faster sampling after a one-time "
-                               "compile of a minute or more (needs a working Triton/C++ compiler; DeepCache "
-                               "and the short last chunk run uncompiled). Not bit-exact: compiled kernels "
-                               "round differently from eager ones."}),
-            },
+            "optional": node_inputs("compile"),
         }
 
-    def load(self, unet_name: str, resolution: str = "auto", dtype: str = "auto", compile: str = "off"):
+    def load(self, unet_name: str, resolution: str = "auto", dtype: str | None = None, compile: str | None = None):
         path = bridge.model_path(unet_name)
         if path is None and unet_name in DOWNLOADABLE:
             folders = bridge.model_folders()
@@ -189,12 +177,13 @@ class LatentSyncModelLoader:
                 "ByteDance/LatentSync-1.5 (or 1.6) into ComfyUI/models/latentsync/."
             )
         res = guess_resolution(unet_name, path) if resolution == "auto" else int(resolution)
-        torch_dtype = pick_dtype(dtype, bridge.compute_device())
+        options = from_widgets({"dtype": dtype, "compile": compile}, ("dtype", "compile"))
+        torch_dtype = pick_dtype(options["dtype"], bridge.compute_device())
         config = sidecar_config(path, roots=bridge.model_folders()) or os.path.join(CONFIG_DIR, CONFIGS[res])
         unet = load_unet(config, path, device=bridge.offload_device(), dtype=torch_dtype)
-        if compile == "torch.compile":
+        if options["compile"]:
             unet = compile_unet(unet)
-        logger.info("LatentSync U-Net %s: %d px faces, %s, compile %s", unet_name, res, torch_dtype, compile)
+        logger.info("LatentSync U-Net %s: %d px faces, %s, compile %s", unet_name, res, torch_dtype, options["compile"])
         return (LatentSyncModel(unet=unet, resolution=res, dtype=torch_dtype, name=unet_name),)
 
 

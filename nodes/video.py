@@ -12,17 +12,14 @@ import os
 import shutil
 import uuid
 
-from ..latentsync_core.audio import MODES, comfy_audio_parts
-from ..latentsync_core.audio.silence import DEFAULT_SILENCE_DB, DEFAULT_SILENCE_MS
-from ..latentsync_core.constants import DEFAULT_GUIDANCE, DEFAULT_SEED, DEFAULT_STEPS, MAX_FACE_GAP
+from ..latentsync_core.audio import comfy_audio_parts
 from ..latentsync_core.errors import LatentSyncError
-from ..latentsync_core.stream import StreamSettings, lip_sync_video
+from ..latentsync_core.options import StreamSettings, from_widgets, node_inputs
+from ..latentsync_core.stream import lip_sync_video
 from ..latentsync_core.vae import as_latent_vae
 from . import comfy_bridge as bridge
-from .audio import LatentSyncWhisperEmbedding
-from .face import LatentSyncFaceCropAlign, LatentSyncPasteBack, _task_path
-from .sampler import LatentSyncSampler
-from .types import CATEGORY, LATENTSYNC_WHISPER
+from .face import task_path
+from .types import CATEGORY, MODEL_INPUT, VAE_INPUT, WHISPER_INPUT
 
 logger = logging.getLogger(__name__)
 
@@ -50,45 +47,27 @@ class LatentSyncLipSyncVideo:
 
     @classmethod
     def INPUT_TYPES(cls):
-        # the settings are the other nodes' own widgets (same names, ranges and tooltips)
-        sampler = LatentSyncSampler.INPUT_TYPES()
-        align = LatentSyncFaceCropAlign.INPUT_TYPES()["required"]
+        # the settings are the option table's widgets (same names, ranges and tooltips as the other nodes)
         return {
             "required": {
                 "audio": ("AUDIO", {"tooltip": "The new speech (any rate and channels). Its length decides the output length: a shorter video is played back and forth, a longer one is cut."}),
-                "model": sampler["required"]["model"],
-                "vae": sampler["required"]["vae"],
-                "whisper": (LATENTSYNC_WHISPER, {"tooltip": "From LatentSync Whisper Loader."}),
-                **{name: sampler["required"][name] for name in ("seed", "steps", "guidance", "deepcache")},
-                **{name: align[name] for name in ("face", "face_index", "max_gap_frames")},
-                "audio_mode": LatentSyncWhisperEmbedding.INPUT_TYPES()["optional"]["mode"],
+                "model": MODEL_INPUT,
+                "vae": VAE_INPUT,
+                "whisper": WHISPER_INPUT,
+                **node_inputs(*REQUIRED_OPTIONS),
             },
             "optional": {
-                **{name: sampler["optional"][name] for name in ("chunk_batch", "sampler")},
+                **node_inputs(*OPTIONAL_OPTIONS[:2]),
                 "video": ("VIDEO", {"tooltip": "The video with the face (core Load Video). Leave unconnected to use video_path."}),
                 "video_path": ("STRING", {"default": "", "tooltip": "Instead of a VIDEO: a video file path (absolute, or a file in ComfyUI's input folder), e.g. from VideoHelperSuite's path loaders."}),
-                **{name: spec for name, spec in LatentSyncPasteBack.INPUT_TYPES()["required"].items()
-                   if name in ("blend", "mask_grow", "feather")},
-                **{name: spec for name, spec in LatentSyncSampler.INPUT_TYPES()["optional"].items()
-                   if name.startswith("silence")},
+                **node_inputs(*OPTIONAL_OPTIONS[2:]),
             },
             "hidden": {"unique_id": "UNIQUE_ID"},
         }  # fmt: skip
 
-    def lip_sync(self, audio, model, vae, whisper, seed=DEFAULT_SEED, steps=DEFAULT_STEPS, guidance=DEFAULT_GUIDANCE,
-                 deepcache="off", face="largest", face_index=0, max_gap_frames=MAX_FACE_GAP, audio_mode=MODES[0],
-                 video=None, video_path="", chunk_batch=0, sampler="ddim", blend="face", mask_grow=0, feather=-1,
-                 silence="sync", silence_threshold_db=DEFAULT_SILENCE_DB, silence_min_ms=DEFAULT_SILENCE_MS,
-                 unique_id=None):
+    def lip_sync(self, audio, model, vae, whisper, video=None, video_path="", unique_id=None, **widgets):
+        settings = StreamSettings(**from_widgets(widgets, REQUIRED_OPTIONS + OPTIONAL_OPTIONS))  # checked first
         waveform, rate = comfy_audio_parts(audio)
-        settings = StreamSettings(
-            steps=int(steps), guidance=float(guidance), seed=int(seed),
-            deepcache=0 if deepcache == "off" else int(deepcache),
-            face="largest" if face == "largest" else int(face_index), max_gap=int(max_gap_frames), audio_mode=audio_mode,
-            chunk_batch=int(chunk_batch), sampler=sampler, blend=blend, mask_grow=int(mask_grow),
-            feather=None if int(feather) < 0 else int(feather), silence=silence == "keep original",
-            silence_db=float(silence_threshold_db), silence_ms=int(silence_min_ms),
-        )  # fmt: skip
         folder = os.path.join(bridge.temp_directory(), OUTPUT_SUBFOLDER)
         out = os.path.join(folder, f"LatentSync_{uuid.uuid4().hex[:12]}.mp4")
         source, scratch = _video_source(video, video_path, folder)
@@ -96,10 +75,9 @@ class LatentSyncLipSyncVideo:
 
         def progress(stage: str, done: int, total: int) -> None:
             nonlocal bar, stage_shown
-            if bar is None:
-                bar = bridge.progress_bar(total)
-            if stage != stage_shown:
+            if stage != stage_shown:  # each stage has its own total: a fresh bar from 0
                 stage_shown = stage
+                bar = bridge.progress_bar(max(total, 1))
                 bridge.progress_text(STAGES.get(stage, stage), unique_id)
             bar.update_absolute(done, total)
 
@@ -109,7 +87,7 @@ class LatentSyncLipSyncVideo:
                 latent_vae = as_latent_vae(vae, device)  # ComfyUI's VAE, or a diffusers AutoencoderKL
                 report = lip_sync_video(
                     source, out, waveform, rate, unet=unet, vae=latent_vae, whisper=whisper, settings=settings,
-                    resolution=model.resolution, task_path=_task_path(), progress=progress,
+                    resolution=model.resolution, task_path=task_path(), progress=progress,
                     check_interrupt=bridge.check_interrupted,
                 )
         finally:
@@ -156,6 +134,9 @@ def _remove(path: str) -> None:
     except OSError:
         pass
 
+
+REQUIRED_OPTIONS = ("seed", "steps", "guidance", "deepcache", "face", "max_gap", "audio_mode")
+OPTIONAL_OPTIONS = ("chunk_batch", "sampler", "blend", "mask_grow", "feather", "silence", "silence_db", "silence_ms")
 
 if bridge.video_from_file_class() is None:
     logger.warning("[ComfyUI-LatentSync] LatentSync Lip Sync Video skipped: this ComfyUI has no VIDEO type (update to >= 0.3.31).")

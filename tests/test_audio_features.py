@@ -180,7 +180,7 @@ def test_embed_audio_builds_frame_audio(whisper, pcm, features):
     n = num_frames_for_duration(len(pcm["en"]) / constants.SAMPLE_RATE, 30.0)
     assert fa.num_frames == n and fa.fps == 30.0 and fa.sample_rate == 16000
     assert fa.waveform.shape == (1, len(pcm["en"])) and fa.waveform.dtype == torch.float32
-    assert torch.equal(fa.chunks, frame_audio_chunks(features["en"]["official"], n, fps=30.0))
+    assert torch.equal(fa.windows(), frame_audio_chunks(features["en"]["official"], n, fps=30.0))
 
 
 # --- the whisper encoder and its files -----------------------------------------------------------

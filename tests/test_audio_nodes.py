@@ -119,7 +119,7 @@ def test_embedding_from_core_load_audio_dict(nodes, whisper, input_dir):
     updates_before = len(comfy.utils.UPDATES)
     frame_audio, count = embed().embed(audio, whisper, fps=25.0)
     assert count == frame_audio.num_frames == 125  # round(4.986 s x 25)
-    assert frame_audio.chunks.shape == (125, 50, 384) and frame_audio.fps == 25.0
+    assert frame_audio.windows().shape == (125, 50, 384) and frame_audio.fps == 25.0
     assert frame_audio.waveform.shape == (1, 79774) and frame_audio.sample_rate == 16000
     assert comfy.utils.UPDATES[updates_before:] == [(1, 1)]  # one 30 s window
 
@@ -145,7 +145,7 @@ def test_embedding_from_lazy_mapping_48k_stereo(nodes, whisper):
             return 2
 
     frame_audio, count = embed().embed(LazyAudio(), whisper, fps=30.0, mode="official")
-    assert count == 60 and frame_audio.chunks.shape == (60, 50, 384)
+    assert count == 60 and frame_audio.windows().shape == (60, 50, 384)
     assert frame_audio.waveform.shape[0] == 1 and abs(frame_audio.waveform.shape[1] - 32000) <= 2
 
 
@@ -158,7 +158,7 @@ def test_embedding_bad_audio_is_a_clear_error(nodes, whisper):
     with pytest.raises(AudioError, match="NaN"):
         embed().embed({"waveform": bad, "sample_rate": 16000}, whisper)
     silent, count = embed().embed({"waveform": torch.zeros(1, 2, 8000), "sample_rate": 8000}, whisper)
-    assert count == 25 and torch.isfinite(silent.chunks).all()
+    assert count == 25 and torch.isfinite(silent.windows()).all()
 
 
 def test_embedding_can_be_cancelled(nodes, whisper):

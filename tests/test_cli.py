@@ -414,3 +414,56 @@ def test_truncated_video_with_index_at_the_front_is_refused(tmp_path, capsys):
     assert cli.main(["--video", str(cut), "--audio", str(speech), "--out", str(tmp_path / "o.mp4"), *TINY, "-q"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: cut.mp4 is truncated") and "Traceback" not in err
+    import re
+
+    said = re.search(r"holds only (\d+) whole ones.*to use the (\d+) frames.*-frames:v (\d+) ", err)
+    assert said and said[1] == said[2] == said[3], err  # the count and the advice agree
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--steps", "1001"], "--steps 1001: use 1-1000"),
+        (["--blend", "mouth", "--mask-grow", "-100000"], "--mask-grow -100000: use -64 or more"),
+        (["--silence", "keep", "--silence-db", "50"], "--silence-db 50.0: use -100.0 to -10.0"),
+        (["--silence-ms", "-10"], "--silence-ms -10: use 0 or more"),
+        (["--feather", "-5"], "--feather -5: use -1 or more"),
+        (["--guidance", "1e9"], "--guidance 1000000000.0: use 1.0-10.0"),
+        (["--seed", "-5"], "--seed -5: use 0 or more"),
+        (["--chunk-batch", "17"], "--chunk-batch 17: use 0-16"),
+        (["--max-gap", "-1"], "--max-gap -1: use 0 or more"),
+        (["--video", "{tmp}"], "--video .*: is a folder"),
+    ],
+)
+def test_cli_out_of_range_options_stop_before_any_work(face_clip, tmp_path, capsys, no_model_loading, extra, message):
+    """What a new user typed: each ends as one line and exit 2 before any model loads or frame is read."""
+    import re
+
+    clip, _ = face_clip
+    extra = [e.format(tmp=tmp_path) for e in extra]
+    out = tmp_path / "o.mp4"
+    assert cli.main(_args(clip, clip, out, *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert re.search(message, err), err
+    assert not out.exists()
+
+
+def test_cli_help_is_generated_and_documented():
+    text = cli.build_parser().format_help()
+    assert "(default: None)" not in text and "DDIM steps" not in text
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    flags = [o for a in cli.build_parser()._actions for o in a.option_strings if o.startswith("--")]
+    assert len(flags) > 25
+    missing = [f for f in flags if f not in ("--help",) and f not in readme]
+    assert not missing, f"README does not mention {missing}"
+
+
+def test_cli_warns_when_the_unet_file_is_another_version(tmp_path, caplog):
+    unet = tmp_path / "latentsync_unet.pt"  # the 1.5 file name: 256 px
+    unet.write_bytes(b"")
+    with caplog.at_level("WARNING", logger="latentsync_core.cli"):
+        cli.check_version("1.5", str(unet))
+        assert not caplog.records
+        cli.check_version("1.6", str(unet))
+    assert "--version 1.6 expects a 512 px U-Net" in caplog.text and "LatentSync 1.5" in caplog.text

@@ -212,16 +212,16 @@ def test_task_file_lookup_for_new_mediapipe(pack, monkeypatch, comfy_base):
 
     monkeypatch.setattr(task_file.urllib.request, "urlopen", offline)
     with pytest.raises(core(pack, "errors").ModelMissingError, match="face_landmarker.task") as err:
-        face_nodes._task_path()
+        face_nodes.task_path()
     assert str(folder) in str(err.value) and "storage.googleapis.com" in str(err.value)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "face_landmarker.task").write_bytes(b"bundle")
     try:
-        assert face_nodes._task_path() == str(folder / "face_landmarker.task")  # present: no download
+        assert face_nodes.task_path() == str(folder / "face_landmarker.task")  # present: no download
     finally:
         (folder / "face_landmarker.task").unlink()
     monkeypatch.setattr(face_nodes, "legacy_face_mesh_available", lambda: True)
-    assert face_nodes._task_path() is None  # legacy face mesh: no file needed
+    assert face_nodes.task_path() is None  # legacy face mesh: no file needed
 
 
 def test_face_preview_node(pack, video):

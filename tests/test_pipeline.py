@@ -14,8 +14,8 @@ from latentsync_core import FaceError, InputMismatchError, LatentSyncError
 from latentsync_core.audio import frame_audio_chunks
 from latentsync_core.face import fixed_mask
 from latentsync_core.finite import NonFiniteError
-from latentsync_core.length import ping_pong_indices
 from latentsync_core.pipeline import LipSyncPipeline
+from latentsync_core.timing import ping_pong_indices
 from latentsync_core.unet import load_unet
 from latentsync_core.vae import ComfyVae, DiffusersVae, load_vae
 
@@ -178,7 +178,7 @@ def test_decoded_faces_match_official(golden, golden_run):
     mouth = torch.tensor(fixed_mask(256))[y0:y1, x0:x1] < 0.5
     assert err[0].max() <= 1.0
     assert err[:, mouth].max() <= 1.0
-    assert golden_run.synced.all()
+    assert golden_run.generated.all()
 
 
 def test_output_frames_match_official(golden, golden_run):
@@ -241,15 +241,15 @@ def test_length_rule_pass_through_progress_and_cfg_batch(small, reference_run):
     faces = small[0]
     index = ping_pong_indices(4, 24)  # 0 1 2 3 3 2 1 0 0 1 ...
     assert res.faces.shape == (24, 64, 64, 3) and res.faces.dtype == torch.float16
-    assert res.synced.tolist() == FOUND[index].tolist()
-    for i in np.flatnonzero(~res.synced):  # no face: not sent through the model, returned unchanged
+    assert res.generated.tolist() == FOUND[index].tolist()
+    for i in np.flatnonzero(~res.generated):  # no face: not sent through the model, returned unchanged
         assert torch.equal(res.faces[i], faces[index[i]].half())
     mask = torch.tensor(fixed_mask(64))
     keep, mouth = (mask - 1).abs() < 1e-6, mask.abs() < 1e-6
-    for i in np.flatnonzero(res.synced):  # outside the mask: the input face; inside: regenerated
+    for i in np.flatnonzero(res.generated):  # outside the mask: the input face; inside: regenerated
         assert (res.faces[i].float()[keep] - faces[index[i]][keep]).abs().max() < 2e-3
         assert (res.faces[i].float()[mouth] - faces[index[i]][mouth]).abs().mean() > 0.02
-    assert int(res.synced.sum()) == 18  # -> chunks of 16 and 2 frames
+    assert int(res.generated.sum()) == 18  # -> chunks of 16 and 2 frames
     chunks = 2
     assert seen == [(k + 1, chunks * 2) for k in range(chunks * 2)]  # progress: chunk x step
     assert batches == [2] * (chunks * 2)  # CFG: unconditional and audio halves in one batch
@@ -366,11 +366,11 @@ def test_skipped_frames_come_back_as_the_input_face(unet, vae, small, reference_
     skip = ~FOUND[index]  # the frames of face 1, as a skip mask instead of found=False
     res = run_small(unet, vae, small, seed=5, skip=skip)
     ref = reference_run[0]
-    assert res.synced.tolist() == ref.synced.tolist()
+    assert res.generated.tolist() == ref.generated.tolist()
     torch.testing.assert_close(res.faces, ref.faces, rtol=0, atol=0)
     torch.testing.assert_close(res.faces[skip].float(), faces[index[skip]].half().float(), rtol=0, atol=0)
     everything = run_small(unet, vae, small, frames=4, skip=np.ones(4, bool))  # all skipped: no model call
-    assert not everything.synced.any()
+    assert not everything.generated.any()
     torch.testing.assert_close(everything.faces.float(), faces.half().float(), rtol=0, atol=0)
     with pytest.raises(InputMismatchError, match="skip must hold 4"):
         run_small(unet, vae, small, frames=4, skip=np.ones(3, bool))

@@ -138,3 +138,50 @@ def test_killed_writer_leaves_no_broken_file(tmp_path, earlier):
         assert out.read_bytes() == before and probe_video(out).num_frames == 2
     else:
         assert not out.exists()
+
+
+class _FullDisk:
+    """The writer's container, refusing to mux from the ``after``-th packet on as a full disk does (FFmpeg's
+    ENOSPC arrives as ``av.error.OSError``)."""
+
+    def __init__(self, container, after: int):
+        self._container, self._left = container, after
+
+    def mux(self, packets):
+        import errno
+
+        import av
+
+        if self._left <= 0:
+            raise av.error.OSError(errno.ENOSPC, "No space left on device")
+        self._left -= 1
+        return self._container.mux(packets)
+
+    def __getattr__(self, name):
+        return getattr(self._container, name)
+
+
+@pytest.mark.parametrize("after", [0, 3])
+def test_a_full_disk_is_one_line_with_the_path_and_free_space(tmp_path, after):
+    out = tmp_path / "out.mp4"
+    out.write_bytes(b"an earlier result")
+    frames = np.random.default_rng(0).integers(0, 255, (8, 32, 32, 3), dtype=np.uint8)
+    with pytest.raises(LatentSyncError) as caught:
+        with VideoWriter(out, 32, 32, 25) as writer:
+            writer.container = _FullDisk(writer.container, after)
+            for frame in frames:
+                writer.write(frame)
+    message = str(caught.value)
+    assert message.startswith("The disk is full: writing ") and str(out) in message and "free in" in message
+    assert "\n" not in message
+    assert out.read_bytes() == b"an earlier result" and os.listdir(tmp_path) == ["out.mp4"]  # nothing lost or left
+
+
+def test_other_write_errors_are_not_called_a_full_disk():
+    import errno
+
+    from latentsync_core.safe_output import disk_full_error
+
+    assert disk_full_error(OSError(errno.EACCES, "Permission denied"), "/x/out.mp4") is None
+    assert disk_full_error(ValueError("no"), "/x/out.mp4") is None
+    assert "The disk is full" in str(disk_full_error(OSError(errno.ENOSPC, "full"), "/tmp/out.mp4"))

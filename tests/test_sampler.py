@@ -173,7 +173,7 @@ def test_sampler_output_length_progress_and_core_equality(small_model, diffusers
     assert track.frame_index.tolist() == [0, 1, 2, 3, 3, 2] and len(track) == 6
     assert updates == [(1, 2), (2, 2)]  # 1 chunk x 2 steps
     faces, _, audio = inputs
-    core = LipSyncPipeline(small_model.unet, diffusers_vae).sync_faces(faces, audio.chunks, steps=2, seed=7, vae_encode="mean")
+    core = LipSyncPipeline(small_model.unet, diffusers_vae).sync_faces(faces, audio.windows(), steps=2, seed=7, vae_encode="mean")
     assert (core.faces.float() - out).abs().max() < 2e-3  # unclamped, as the core (and the official code)
 
 
@@ -281,14 +281,14 @@ def test_sampler_chunk_batch_and_sampler_inputs(nodes, small_model, comfy_vae, i
     assert optional["sampler"][0][0] == "ddim" and optional["sampler"][1]["default"] == "ddim"
     assert "not the official" in optional["sampler"][1]["tooltip"].lower()
     seen = {}
-    pack_pipeline = importlib.import_module(f"{PACK_NAME}.latentsync_core.pipeline").LipSyncPipeline
-    original = pack_pipeline.sync_faces
+    pack_job = importlib.import_module(f"{PACK_NAME}.latentsync_core.pipeline").SamplingJob
+    original = pack_job.__init__
 
-    def spy(self, *args, **kwargs):
-        seen.update(kwargs)
-        return original(self, *args, **kwargs)
+    def spy(self, pipeline, resolution, options, **kwargs):  # the options the node's sampling job runs with
+        seen.update(vars(options))
+        return original(self, pipeline, resolution, options, **kwargs)
 
-    monkeypatch.setattr(pack_pipeline, "sync_faces", spy)
+    monkeypatch.setattr(pack_job, "__init__", spy)
     batched, _ = sample(nodes, small_model, comfy_vae, inputs, chunk_batch=3)
     assert seen["chunk_batch"] == 3 and seen["sampler"] == "ddim"
     assert torch.equal(batched, first_run[0])  # one chunk here: the same call
@@ -305,16 +305,16 @@ def test_loader_compile_option(nodes, unet_file):
 
 
 def test_sampler_returns_the_pipeline_output_without_a_copy(nodes, small_model, comfy_vae, inputs, monkeypatch):
-    """The IMAGE path adds no float copy of the whole output: the faces sync_faces fills are the IMAGE."""
+    """The IMAGE path adds no float copy of the whole output: the faces the sampling job fills are the IMAGE."""
     results = []
-    pack_pipeline = importlib.import_module(f"{PACK_NAME}.latentsync_core.pipeline").LipSyncPipeline
-    original = pack_pipeline.sync_faces
+    pack_job = importlib.import_module(f"{PACK_NAME}.latentsync_core.pipeline").SamplingJob
+    original = pack_job.run
 
     def spy(self, *args, **kwargs):
         results.append(original(self, *args, **kwargs))
         return results[-1]
 
-    monkeypatch.setattr(pack_pipeline, "sync_faces", spy)
+    monkeypatch.setattr(pack_job, "run", spy)
     out, _ = sample(nodes, small_model, comfy_vae, inputs)
     assert results[0].faces.dtype == torch.float32 and out.data_ptr() == results[0].faces.data_ptr()
 

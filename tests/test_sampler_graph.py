@@ -50,7 +50,7 @@ def test_five_second_clip_through_the_graph(pack, graph_files):
                                                        seed=DEFAULT_SEED, steps=1, guidance=1.0, deepcache="off")["result"]
     video, _ = n["LatentSyncPasteBack"]().paste(images, synced, out_track, "auto")
 
-    assert count == 125 and len(frame_audio.chunks) == count  # 5 s at 25 fps
+    assert count == 125 and len(frame_audio.windows()) == count  # 5 s at 25 fps
     assert synced.shape == (count, 256, 256, 3) and video.shape == (count, *frames.shape[1:])
     assert out_track.frame_index[:6].tolist() == [0, 1, 1, 0, 0, 1]  # 2 frames ping-ponged
     changed = (video[0] - images[0]).abs().amax(-1) > 2 / 255
@@ -59,7 +59,7 @@ def test_five_second_clip_through_the_graph(pack, graph_files):
 
     # the first chunk equals the core library run on the same faces, audio and seed
     core = LipSyncPipeline(model.unet, vae.first_stage_model).sync_faces(
-        faces, frame_audio.chunks[:16], source_index=out_track.frame_index[:16], steps=1, guidance=1.0,
+        faces, frame_audio.windows()[:16], source_index=out_track.frame_index[:16], steps=1, guidance=1.0,
         seed=DEFAULT_SEED, vae_encode="mean")
     assert (core.faces.float() - synced[:16]).abs().max() < 2e-3  # unclamped, everywhere
 

@@ -18,9 +18,9 @@ from test_cli import FIX, TINY, _write_wav
 from latentsync_core import FaceError, LatentSyncError, stream
 from latentsync_core.audio import embed_audio, load_audio_file, load_whisper
 from latentsync_core.face import FaceAligner, paste_back
-from latentsync_core.length import ping_pong_indices
 from latentsync_core.pipeline import LipSyncPipeline
 from latentsync_core.stream import StreamSettings, lip_sync_video, plan_segments
+from latentsync_core.timing import ping_pong_indices
 from latentsync_core.unet import load_unet
 from latentsync_core.vae import load_vae
 from latentsync_core.video_io import VideoReader, VideoWriter, probe_video
@@ -120,7 +120,7 @@ def test_stream_equals_one_sampler_run_over_the_whole_video(clip, speech, models
     index = ping_pong_indices(6, audio.num_frames)
     result = LipSyncPipeline(models["unet"], models["vae"]).sync_faces(
         torch.from_numpy(aligned.faces), audio, source_index=index, found=aligned.found, **FAST)
-    expected = paste_back(frames[index], result.faces.float().numpy(), aligned.affines[index], result.synced)
+    expected = paste_back(frames[index], result.faces.float().numpy(), aligned.affines[index], result.generated)
 
     assert report.num_frames == 20 and got.shape == expected.shape
     assert len(plan_segments(aligned.found[index], 16)) == 2 and not aligned.found[3]
@@ -210,8 +210,17 @@ def test_cancel_keeps_an_earlier_file_then_a_normal_run_works(clip, speech, mode
     report = lip_sync_video(str(clip), str(out), waveform, rate, **models, settings=StreamSettings(**FAST),
                             progress=lambda stage, done, total: updates.append((stage, done, total)))
     assert probe_video(out).num_frames == report.num_frames == 20
-    assert updates[0][0] == "faces" and updates[-1] == ("lip sync", 6 + 20, 6 + 20)
-    assert [d for _, d, _ in updates] == sorted(d for _, d, _ in updates)  # never goes backwards
+    assert_progress_stages(updates, {"faces": 6, "lip sync": 2})  # 6 frames searched; 20 frames: 2 chunks x 1 step
+
+
+def assert_progress_stages(updates, totals: dict[str, int]) -> None:
+    """Each stage in turn, each with its own fixed total, counting up (never backwards) to that total."""
+    stages = list(dict.fromkeys(stage for stage, _, _ in updates))
+    assert stages == list(totals), stages
+    for stage, total in totals.items():
+        mine = [(d, t) for s, d, t in updates if s == stage]
+        assert {t for _, t in mine} == {total}, (stage, mine)
+        assert [d for d, _ in mine] == sorted(d for d, _ in mine) and mine[-1][0] == total, (stage, mine)
 
 
 def test_bad_input_fails_before_work_and_writes_nothing(clip, speech, models, tmp_path):
@@ -283,7 +292,7 @@ def test_frame_audio_keeps_features_and_cuts_windows_on_demand(models, speech):
     assert audio.features.nbytes * 4 < full.nbytes  # 50 Hz x 5 x 384 instead of 50 x 384 per frame
     rows = np.array([19, 0, 17, 17, 3])
     assert torch.equal(audio.windows(rows), full[rows])
-    assert torch.equal(audio.chunks, full)
+    assert torch.equal(audio.windows(), full)
     with pytest.raises(IndexError):
         audio.windows([20])
 
@@ -331,10 +340,10 @@ def test_cli_blend_mouth_changes_only_the_mouth_and_silence_keeps_the_input(clip
     index = ping_pong_indices(6, audio.num_frames)
     result = LipSyncPipeline(models["unet"], models["vae"]).sync_faces(
         torch.from_numpy(aligned.faces), audio, source_index=index, found=aligned.found, **FAST)
-    expected, weight = paste_back(frames[index], result.faces.float().numpy(), aligned.affines[index], result.synced,
+    expected, weight = paste_back(frames[index], result.faces.float().numpy(), aligned.affines[index], result.generated,
                                   blend="mouth", feather=4, return_mask=True)
     face, face_weight = paste_back(frames[index], result.faces.float().numpy(), aligned.affines[index],
-                                   result.synced, return_mask=True)
+                                   result.generated, return_mask=True)
     assert np.array_equal(got, expected)
     outside = weight == 0
     assert np.array_equal(got[outside], frames[index][outside])  # outside the mouth: the input, bit for bit
@@ -353,3 +362,15 @@ def test_cli_blend_mouth_changes_only_the_mouth_and_silence_keeps_the_input(clip
     kept = np.concatenate(Recorder.frames)
     index = ping_pong_indices(6, len(kept))
     assert len(kept) == 25 and np.array_equal(kept, frames[index])
+
+
+def test_a_much_longer_audio_is_announced_before_work(clip, caplog):
+    from latentsync_core.stream import announce_length
+
+    info = probe_video(clip)  # 6 frames = 0.24 s
+    with caplog.at_level("INFO", logger="latentsync_core.stream"):
+        announce_length(info, 0.4)  # 10 frames: under 2x, no warning
+        assert not [r for r in caplog.records if r.levelname == "WARNING"]
+        announce_length(info, 600.0)  # 10 minutes
+    warning = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warning) == 1 and "played back and forth to make 15000 frames" in warning[0], warning

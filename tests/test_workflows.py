@@ -3,7 +3,7 @@
 Checked against the CURRENT definitions of this pack's nodes (INPUT_TYPES) and the recorded
 definitions of the ComfyUI core / VideoHelperSuite nodes they use (tests/fixtures/workflows/
 external_nodes.json, with the release each appeared in), so a node change that breaks a shipped
-workflow fails here. Rebuild the files with tests/fixtures/workflows/make_workflows.py.
+workflow fails here. Rebuild the files with tools/make_workflows.py.
 """
 
 from __future__ import annotations

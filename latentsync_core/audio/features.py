@@ -18,8 +18,6 @@ import torch
 import torch.nn.functional as F
 
 from ..constants import (
-    AUDIO_CONTEXT_AFTER,
-    AUDIO_CONTEXT_BEFORE,
     DEFAULT_FPS,
     HOP_LENGTH,
     SAMPLE_RATE,
@@ -28,30 +26,21 @@ from ..constants import (
     WHISPER_STEPS_PER_SECOND,
 )
 from ..errors import AudioError
+from ..options import AUDIO_MODES as MODES  # the option table's
+from ..timing import frame_windows, num_frames_for_duration  # noqa: F401  (re-exported)
 from ..types import FrameAudio
 from .io import to_whisper_input
 from .mel import log_mel
 
-MODES = ("seamless", "official")
 MEL_FRAMES_PER_STEP = 2  # whisper's second convolution has stride 2
 Progress = Callable[[int, int], None]  # (windows done, windows total)
-
-
-def num_frames_for_duration(seconds: float, fps: float = DEFAULT_FPS) -> int:
-    """Video frames that cover ``seconds`` of audio at ``fps``: ``round(seconds * fps)`` (halves up).
-
-    The one rule for the output length of a lip-sync job (the official code makes two extra frames).
-    """
-    if fps <= 0 or not math.isfinite(fps):
-        raise AudioError(f"fps must be a positive number, got {fps}.")
-    return max(0, math.floor(seconds * fps + 0.5))
 
 
 def audio_features(
     whisper,
     waveform: Any,
     sample_rate: int,
-    mode: str = "seamless",
+    mode: str = MODES[0],
     progress: Progress | None = None,
 ) -> torch.Tensor:
     """Whisper hidden states of a clip, 50 steps per second.
@@ -86,7 +75,7 @@ def whisper_waveform(waveform: Any, sample_rate: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def features_from_log_mel(whisper, mel: torch.Tensor, mode: str = "seamless", progress: Progress | None = None) -> torch.Tensor:
+def features_from_log_mel(whisper, mel: torch.Tensor, mode: str = MODES[0], progress: Progress | None = None) -> torch.Tensor:
     """Whisper hidden states float32 ``[T // 2, 5, 384]`` from a whole-clip log-mel ``[80, T]``
     (see :func:`audio_features`)."""
     if mode not in MODES:
@@ -168,10 +157,7 @@ def frame_audio_chunks(features: torch.Tensor, num_frames: int, fps: float = DEF
 
 
 def frame_audio_windows(features: torch.Tensor, frames, fps: float = DEFAULT_FPS) -> torch.Tensor:
-    """The audio windows of the given video frames.
-
-    Frame ``i`` takes whisper steps ``c-4 … c+5`` with ``c = int(i * 50 / fps)``, clamped to the valid
-    steps, flattened time-major then layer (as the official ``get_sliced_feature``).
+    """The audio windows of the given video frames (:func:`latentsync_core.timing.frame_windows`).
 
     Args:
         features: ``[L, 5, 384]`` from :func:`audio_features`.
@@ -181,17 +167,7 @@ def frame_audio_windows(features: torch.Tensor, frames, fps: float = DEFAULT_FPS
     Returns:
         ``[n, 50, 384]``, dtype and device of ``features``.
     """
-    if features.ndim != 3 or features.shape[0] == 0:
-        raise AudioError(f"Expected whisper features [steps, layers, width], got shape {tuple(features.shape)}.")
-    if fps <= 0 or not math.isfinite(fps):
-        raise AudioError(f"fps must be a positive number, got {fps}.")
-    steps, layers, width = features.shape
-    # the same float64 arithmetic as the official int(i * 50 / fps)
-    centers = (np.asarray(frames, dtype=np.int64).reshape(-1) * WHISPER_STEPS_PER_SECOND / float(fps)).astype(np.int64)
-    offsets = np.arange(-AUDIO_CONTEXT_BEFORE, AUDIO_CONTEXT_AFTER + 1)
-    index = np.clip(centers[:, None] + offsets[None], 0, steps - 1)
-    picked = features[torch.from_numpy(index).to(features.device)]  # [n, 10, layers, width]
-    return picked.reshape(len(centers), len(offsets) * layers, width)
+    return frame_windows(features, frames, fps)
 
 
 def embed_audio(
@@ -199,7 +175,7 @@ def embed_audio(
     waveform: Any,
     sample_rate: int,
     fps: float = DEFAULT_FPS,
-    mode: str = "seamless",
+    mode: str = MODES[0],
     num_frames: int | None = None,
     progress: Progress | None = None,
 ) -> FrameAudio:

@@ -25,12 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..constants import AUDIO_CONTEXT_AFTER, AUDIO_CONTEXT_BEFORE, SAMPLE_RATE, WHISPER_STEPS_PER_SECOND
+from ..constants import SAMPLE_RATE, WHISPER_STEPS_PER_SECOND
 from ..errors import AudioError
+from ..options import SILENCE_DB as DEFAULT_SILENCE_DB  # the option table's defaults
+from ..options import SILENCE_MS as DEFAULT_SILENCE_MS
+from ..timing import check_fps, window_steps
 
 SAMPLES_PER_STEP = SAMPLE_RATE // WHISPER_STEPS_PER_SECOND  # 320: one whisper step of 16 kHz audio
-DEFAULT_SILENCE_DB = -40.0
-DEFAULT_SILENCE_MS = 300
+
 _FLOOR_DB = -200.0  # dBFS reported for digital silence (instead of -inf)
 
 
@@ -90,15 +92,10 @@ def silent_frames(
     Raises:
         AudioError: bad waveform, fps, threshold or duration.
     """
-    if fps <= 0 or not math.isfinite(fps):
-        raise AudioError(f"fps must be a positive number, got {fps}.")
+    check_fps(fps)
     if not (threshold_db < 0 and math.isfinite(threshold_db)):
         raise AudioError(f"the silence threshold is in dBFS and must be below 0 (e.g. -40), got {threshold_db}.")
     if not (min_duration_ms >= 0 and math.isfinite(min_duration_ms)):
         raise AudioError(f"the minimum silence duration must be 0 ms or more, got {min_duration_ms}.")
     quiet = quiet_steps(step_levels_db(waveform), threshold_db, min_duration_ms)
-    # the same float64 arithmetic as frame_audio_windows: c = int(i * 50 / fps)
-    centers = (np.arange(int(num_frames), dtype=np.int64) * WHISPER_STEPS_PER_SECOND / float(fps)).astype(np.int64)
-    offsets = np.arange(-AUDIO_CONTEXT_BEFORE, AUDIO_CONTEXT_AFTER + 1)
-    index = np.clip(centers[:, None] + offsets[None], 0, len(quiet) - 1)
-    return quiet[index].all(axis=1)
+    return quiet[window_steps(np.arange(int(num_frames)), fps, len(quiet))].all(axis=1)

@@ -11,6 +11,7 @@ import numpy as np
 
 from ..constants import FACE_BORDER_VALUE, MAX_FACE_GAP, RESOLUTION, SUPPORTED_RESOLUTIONS, crop_size
 from ..errors import FaceError
+from ..options import FaceOptions
 from ..types import FaceTrack
 from .gaps import bridge_gaps, format_ranges, runs
 from .geometry import track_affines, warp_face
@@ -64,11 +65,11 @@ def face_summary(found: np.ndarray, bridged: np.ndarray, missing: list[tuple[int
 
 def no_face_message(num_frames: int, face: str | int) -> str:
     """The error text when no frame has the selected face (names the index when one was asked for)."""
-    which = "the face" if face == "largest" else f"face #{face} (counting from the left, from 0)"
-    return (
-        f"No face found in any of the {num_frames} frames ({which}). Use a video with a clearly visible, "
-        "reasonably frontal face, or pick a face index that exists."
-    )
+    if face == "largest":
+        return (f"No face found in any of the {num_frames} frames. Use a video with a clearly visible, reasonably "
+                "frontal face.")
+    return (f"No face found in any of the {num_frames} frames at face #{face} (counting from the left, from 0). "
+            "Pick a face index that exists, or 'largest'.")
 
 
 def select_face(faces: list[np.ndarray], selection: str | int) -> np.ndarray | None:
@@ -101,7 +102,7 @@ class FaceAligner:
         self,
         resolution: int = RESOLUTION,
         *,
-        face: str | int = "largest",
+        face: str | int = FaceOptions().face,
         max_gap: int = MAX_FACE_GAP,
         backend: LandmarkBackend | None = None,
         task_path: str | None = None,
@@ -181,6 +182,22 @@ class FaceAligner:
                 progress(i + 1, total or n)
         return landmarks, found
 
+    def track(self, landmarks68: np.ndarray, found) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Raw landmarks of a whole clip -> (smoothed landmarks float64 ``[N, 68, 2]``, affines float64
+        ``[N, 2, 3]`` (NaN where no face), found bool ``[N]`` (bridged frames included), bridged bool ``[N]``):
+        gaps of up to ``max_gap`` frames bridged, then the official smoothing and similarity transforms.
+        Raises :class:`FaceError` when no frame has the face."""
+        found = np.asarray(found, dtype=bool)
+        if not found.any():
+            raise FaceError(no_face_message(len(found), self.face))
+        landmarks, found, bridged = bridge_gaps(landmarks68, found, self.max_gap)
+        smoothed, affines = track_affines(landmarks, found, self.resolution)
+        return smoothed, affines, found, bridged
+
+    def warp(self, frame: np.ndarray, affine: np.ndarray) -> np.ndarray:
+        """One frame uint8 ``[H, W, 3]`` -> its aligned face uint8 ``[res, res, 3]`` (official Lanczos warp)."""
+        return warp_face(frame, affine, self.resolution)
+
     def build(
         self,
         frames: Sequence[np.ndarray],
@@ -198,13 +215,9 @@ class FaceAligner:
         then None, so a caller that stores faces in its own format holds no second copy of them.
         """
         n = len(frames)
-        found = np.asarray(found, dtype=bool)
         if n == 0:
             raise FaceError("no frames to align: the image batch is empty")
-        if not found.any():
-            raise FaceError(no_face_message(n, self.face))
-        landmarks, found, bridged = bridge_gaps(landmarks68, found, self.max_gap)
-        smoothed, affines = track_affines(landmarks, found, self.resolution)
+        smoothed, affines, found, bridged = self.track(landmarks68, found)
         first = _rgb_uint8(frames[0])
         frame_size = first.shape[:2]
         res = self.resolution
@@ -217,7 +230,7 @@ class FaceAligner:
                 raise FaceError(
                     f"frame {i} is {frame.shape[1]}x{frame.shape[0]}, frame 0 is {frame_size[1]}x{frame_size[0]}"
                 )
-            face = warp_face(frame, affines[i], res) if found[i] else None
+            face = self.warp(frame, affines[i]) if found[i] else None
             if sink is not None:
                 sink(i, grey if face is None else face)
             elif face is not None:

@@ -33,8 +33,11 @@ import torch.nn.functional as F
 
 from ..constants import CROP_BOX, CROP_SCALE, RESOLUTION, crop_size
 from ..errors import InputMismatchError
+from ..options import BLEND_MODES, PasteOptions
 from ..types import FaceTrack
 from .threads import default_workers, ordered_map
+
+_PASTE = PasteOptions()  # the option table's defaults (official blend)
 
 MASK_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "mask.png")
 _UINT8_TO_SIGNED = (torch.arange(256, dtype=torch.float32) / 255.0 * 2.0 - 1.0).numpy()  # uint8 -> [-1, 1]
@@ -147,7 +150,6 @@ def warp_window(src: np.ndarray, to_src: np.ndarray, box: tuple[int, int, int, i
     return cv2.remap(src, whole.astype(np.int16), frac, interpolation, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
-BLEND_MODES = ("face", "mouth")
 
 
 def _blur_size(area: float) -> int:
@@ -214,9 +216,9 @@ def restore_frame(
     crop_face: np.ndarray,
     affine: np.ndarray,
     *,
-    blend: str = "face",
-    mask_grow: int = 0,
-    feather: int | None = None,
+    blend: str = _PASTE.blend,
+    mask_grow: int = _PASTE.mask_grow,
+    feather: int | None = _PASTE.feather,
     allow: np.ndarray | None = None,
     resolution: int | None = None,
     return_mask: bool = False,
@@ -310,9 +312,9 @@ def restore_batch_torch(
     crop_faces: torch.Tensor,
     affines: np.ndarray,
     *,
-    blend: str = "face",
-    mask_grow: int = 0,
-    feather: int | None = None,
+    blend: str = _PASTE.blend,
+    mask_grow: int = _PASTE.mask_grow,
+    feather: int | None = _PASTE.feather,
     allow: torch.Tensor | None = None,
     resolution: int | None = None,
     return_mask: bool = False,
@@ -394,9 +396,9 @@ def iter_patches(
     device: str | torch.device = "cpu",
     batch_size: int = 8,
     workers: int | None = None,
-    blend: str = "face",
-    mask_grow: int = 0,
-    feather: int | None = None,
+    blend: str = _PASTE.blend,
+    mask_grow: int = _PASTE.mask_grow,
+    feather: int | None = _PASTE.feather,
     mask=None,
     resolution: int | None = None,
     with_mask: bool = False,
@@ -457,9 +459,9 @@ def paste_back(
     device: str | torch.device = "cpu",
     batch_size: int = 8,
     workers: int | None = None,
-    blend: str = "face",
-    mask_grow: int = 0,
-    feather: int | None = None,
+    blend: str = _PASTE.blend,
+    mask_grow: int = _PASTE.mask_grow,
+    feather: int | None = _PASTE.feather,
     mask=None,
     resolution: int | None = None,
     return_mask: bool = False,

@@ -32,6 +32,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ..constants import LATENT_CHANNELS, LATENT_SCALE, VAE_DOWNSCALE
 from ..errors import InputMismatchError, LatentSyncError
+from ..precision import auto_precision
 from .config import TrainConfig
 from .diffusion import add_noise, alphas_cumprod, mixed_noise, predict_x0, sample_timesteps
 from .trainable import select_trainable
@@ -114,12 +115,8 @@ class StepResult:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bf16 on a CUDA card that supports it, else fp16 on CUDA; fp32 elsewhere."""
-    if precision != "auto":
-        return precision
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "fp32"
+    """``auto``: the pack's one precision rule (:func:`latentsync_core.precision.auto_precision`)."""
+    return auto_precision(device) if precision == "auto" else precision
 
 
 _HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
