@@ -25,10 +25,17 @@ def auto_precision(device: torch.device | str, bf16: bool | None = None, fp16: b
     if device.type == "cpu":
         return "fp32"
     if bf16 is None:
-        bf16 = device.type == "cuda" and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        bf16 = device.type == "cuda" and _cuda_bf16()
     if fp16 is None:
         fp16 = device.type == "cuda"
     return "bf16" if bf16 else "fp16" if fp16 else "fp32"
+
+
+def _cuda_bf16() -> bool:
+    try:
+        return bool(torch.cuda.is_bf16_supported())
+    except (AssertionError, RuntimeError):  # no CUDA build or no driver: asked about a device that is not there
+        return False
 
 
 def pick_dtype(name: str, device: torch.device | str, bf16: bool | None = None, fp16: bool | None = None) -> torch.dtype:

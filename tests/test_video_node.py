@@ -3,7 +3,9 @@ the command line, path input, errors, progress, cancel, and the guard for ComfyU
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
+import itertools
 import logging
 import os
 import sys
@@ -59,20 +61,21 @@ def decoded(path) -> np.ndarray:
 
 
 def _record_sync_inputs(monkeypatch, module, log):
-    """Spy on ``module.LipSyncPipeline.sync_faces``: what each call gets (faces, audio windows, noise, the
-    generator's state, settings) and returns."""
-    original = module.LipSyncPipeline.sync_faces
+    """Spy on ``module.SamplingJob.run`` (the sampler, one call per segment): what each call gets (faces,
+    the audio windows of the generated rows, the job's noise, the generator's state, settings and row
+    plan) and returns."""
+    original = module.SamplingJob.run
 
-    def spy(self, faces, audio, **kwargs):
-        log.append({"faces": faces.clone(), "audio": torch.as_tensor(audio).clone(),
-                    "noise": kwargs["initial_latents"].clone(), "generator": kwargs["generator"].get_state(),
-                    "settings": {k: v for k, v in kwargs.items() if k not in ("initial_latents", "generator",
-                                                                              "progress", "check_interrupt")}})
-        result = original(self, faces, audio, **kwargs)
+    def spy(self, faces, windows, index, generated):
+        log.append({"faces": faces.clone(), "audio": windows(np.flatnonzero(generated)).clone(),
+                    "noise": self.noise.clone(), "generator": self.generator.get_state(),
+                    "settings": {"options": dataclasses.asdict(self.options), "index": np.array(index), "generated": np.array(generated),
+                                 "vae_encode": self.vae_encode, "per_call": self.per_call, "total": self.total}})
+        result = original(self, faces, windows, index, generated)
         log[-1]["out"] = result.faces.clone()
         return result
 
-    monkeypatch.setattr(module.LipSyncPipeline, "sync_faces", spy)
+    monkeypatch.setattr(module.SamplingJob, "run", spy)
 
 
 def _record_written_frames(monkeypatch, module, log):
@@ -86,6 +89,7 @@ def _record_written_frames(monkeypatch, module, log):
     monkeypatch.setattr(module.VideoWriter, "write", spy)
 
 
+@pytest.mark.usefixtures("landmarks_offline")
 def test_node_runs_the_same_job_as_the_command_line(pack, node_models, inputs, tmp_path, monkeypatch):
     """Node and command line hand the sampler the same aligned faces, audio windows, noise, generator
     state and settings, segment for segment, get the same faces back, hand the encoder bit-identical
@@ -113,7 +117,11 @@ def test_node_runs_the_same_job_as_the_command_line(pack, node_models, inputs, t
     assert os.path.dirname(path) == os.path.join(folder_paths.get_temp_directory(), "latentsync")
     info = probe_video(path)
     assert (info.width, info.height, info.fps, info.num_frames, info.has_audio) == (320, 240, 25, 7, True)
-    assert comfy.utils.UPDATES[-1] == (4 + 7, 4 + 7)  # one bar over the whole job: faces + output frames
+    # one bar per stage, each counting up to its own total: finding faces (4 frames), then lip sync (1 chunk x
+    # 1 step); a single bar over faces + output frames used to freeze part-way (issue 21)
+    bars = [list(run) for _, run in itertools.groupby(comfy.utils.UPDATES, key=lambda u: u[1])]
+    assert [run[-1] for run in bars] == [(4, 4), (1, 1)], comfy.utils.UPDATES
+    assert all([d for d, _ in run] == sorted(d for d, _ in run) for run in bars)
 
     cli_out = tmp_path / "cli.mp4"
     code = cli.main(["--video", str(clip), "--audio", str(wav), "--out", str(cli_out), *TINY,
@@ -137,6 +145,7 @@ def test_node_runs_the_same_job_as_the_command_line(pack, node_models, inputs, t
         assert 10 * np.log10(255**2 / np.mean(error**2)) > 30, written
 
 
+@pytest.mark.usefixtures("landmarks_offline")
 def test_path_input_and_input_errors(pack, node_models, inputs):
     clip, _, audio = inputs
     (video, _) = run_node(pack, node_models, audio, video_path=f'"{clip}"')["result"]
@@ -151,6 +160,7 @@ def test_path_input_and_input_errors(pack, node_models, inputs):
         run_node(pack, node_models, audio, video=VideoFromFile(str(FIX / "audio" / "en.flac")))
 
 
+@pytest.mark.usefixtures("landmarks_offline")
 def test_in_memory_video_is_written_out_once_and_removed(pack, node_models, inputs):
     import io
 
@@ -163,6 +173,7 @@ def test_in_memory_video_is_written_out_once_and_removed(pack, node_models, inpu
     assert not [n for n in os.listdir(folder) if n.startswith(".")]  # scratch input and partial files gone
 
 
+@pytest.mark.usefixtures("landmarks_offline")
 def test_cancel_then_a_normal_run(pack, node_models, inputs):
     import folder_paths
 
