@@ -7,6 +7,7 @@ backwards, several segments) runs in a few seconds.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import wave
@@ -470,3 +471,27 @@ def test_cli_warns_when_the_unet_file_is_another_version(tmp_path, caplog):
         assert not caplog.records
         cli.check_version("1.6", str(unet))
     assert "--version 1.6 expects a 512 px U-Net" in caplog.text and "LatentSync 1.5" in caplog.text
+
+
+@pytest.mark.usefixtures("landmarks_offline")
+def test_cli_progress_bars_finish_and_the_last_line_stands_alone(face_clip, tmp_path, capfd):
+    """Without -q: a "faces" bar that ends at its total (detection of the 4 frames), then a "lip sync" bar
+    over chunk-steps that ends at its own (never restarting), then the "wrote" line once, on a line of its
+    own (not glued to a bar)."""
+    clip, _ = face_clip
+    speech = tmp_path / "speech.wav"
+    _write_wav(speech, 0.28)
+    out = tmp_path / "synced.mp4"
+    code = cli.main(["--video", str(clip), "--audio", str(speech), "--out", str(out), *TINY,
+                     "--steps", "3", "--guidance", "1.0", "--no-download"])
+    assert code == 0
+    err = capfd.readouterr().err
+    states = [s.strip() for s in re.split(r"[\r\n]", err) if s.strip()]
+    faces = [s for s in states if s.startswith("faces:")]
+    sync = [s for s in states if s.startswith("lip sync:")]
+    assert faces and "4/4" in faces[-1] and "100%" in faces[-1], faces
+    assert sync and "3/3" in sync[-1] and "100%" in sync[-1], sync  # 1 chunk x 3 steps
+    done = [re.search(r"(\d+)/3", s).group(1) for s in sync]
+    assert done == sorted(done), sync  # never backwards
+    wrote = [line for line in err.splitlines() if "wrote " in line]
+    assert len(wrote) == 1 and re.match(r"^(\S+ )?wrote ", wrote[0].split("] ")[-1].lstrip()), err
