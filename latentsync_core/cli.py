@@ -67,11 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--video", required=True, help="input video with a visible face (any format FFmpeg reads)")
     p.add_argument("--audio", required=True, help="speech audio (wav, mp3, flac, m4a... or a video's audio track)")
     p.add_argument("--out", required=True, help="output video (.mp4, .mov or .mkv)")
-    default_models = os.environ.get("LATENTSYNC_MODELS", "models")
-    p.add_argument("--models", default=default_models,
-                   help=f"models folder laid out like ComfyUI's (latentsync/, vae/); env LATENTSYNC_MODELS "
-                        f"(default: {default_models})")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
+    add_machine_flags(p, "latentsync/, vae/")
     add_flags(p.add_argument_group("model"), [o for o in MODEL])
     add_flags(p.add_argument_group("sampling"), SAMPLING)
     add_flags(p.add_argument_group("face"), [o for o in FACE if o.flag])
@@ -89,11 +85,24 @@ def build_parser() -> argparse.ArgumentParser:
         "(vae-ft-mse-840000-ema-pruned, ComfyUI's models/vae files), or a diffusers folder",
     )
     adv.add_argument("--vae-config", help="VAE config.json (default: sd-vae-ft-mse)")
+    add_verbosity_flags(p)
+    return p
+
+
+def add_machine_flags(p: argparse.ArgumentParser, layout: str) -> None:
+    """``--models`` (a folder laid out like ComfyUI's: ``layout``) and ``--device``."""
+    default_models = os.environ.get("LATENTSYNC_MODELS", "models")
+    p.add_argument("--models", default=default_models,
+                   help=f"models folder laid out like ComfyUI's ({layout}); env LATENTSYNC_MODELS "
+                        f"(default: {default_models})")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
+
+
+def add_verbosity_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     p.add_argument(
         "-v", "--verbose", action="store_true", help="debug messages, and the log output of mediapipe/TFLite (hidden otherwise)"
     )
-    return p
 
 
 def pick_device(name: str) -> torch.device:
@@ -129,10 +138,28 @@ def pick_device(name: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _bar(total: int, desc: str, quiet: bool, unit: str = "frame"):
+def progress_bar(total: int, desc: str, quiet: bool, unit: str = "frame"):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, disable=quiet, dynamic_ncols=True, file=sys.stderr)
+
+
+class StageBars:
+    """``progress(stage, done, total)`` for a job of stages: one tqdm bar per stage (each has its own total),
+    the last one closed when the next stage starts; :meth:`close` before printing the last lines."""
+
+    def __init__(self, quiet: bool, units: dict[str, str]):
+        self.quiet, self.units, self.bars = quiet, units, {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.bars:
+            self.close()
+            self.bars[stage] = progress_bar(total, stage, self.quiet, unit=self.units.get(stage, "frame"))
+        self.bars[stage].update(done - self.bars[stage].n)
+
+    def close(self) -> None:
+        for bar in self.bars.values():
+            bar.close()
 
 
 def validate_args(args) -> None:
@@ -145,7 +172,7 @@ def validate_args(args) -> None:
         for spec in MODEL:
             spec.from_flag(getattr(args, spec.name))
     except OptionError as exc:
-        raise UsageError(exc.for_flag(_raw_flag(args, exc.option.name))) from None
+        raise UsageError(exc.for_flag(raw_flag(args, exc.option.name))) from None
     for flag in ("unet", "unet_config", "whisper", "vae", "vae_config"):
         value = getattr(args, flag)
         if value is not None and not os.path.exists(value):
@@ -171,7 +198,7 @@ def validate_args(args) -> None:
         raise UsageError(str(exc)) from exc
 
 
-def _raw_flag(args, name: str):
+def raw_flag(args, name: str):
     """What the user typed for option ``name`` (``-1`` rather than None for ``--feather``)."""
     return getattr(args, name, None)
 
@@ -189,18 +216,20 @@ def check_version(version: str, unet_path: str) -> None:
                     "--version / --unet", version, expected, unet_path, other, found)
 
 
-def resolve_models(args) -> dict[str, str]:
-    """Paths of the U-Net, whisper and VAE files: explicit flags, else the --models layout (downloaded
-    when missing unless --no-download). Every file that is missing and cannot be fetched is listed in
-    one :class:`ModelMissingError` (kind, URL, exact path)."""
+def resolve_models(args, wanted: dict[str, tuple[str | None, str]] | None = None) -> dict[str, str]:
+    """Paths of the model files (default: the U-Net, whisper and VAE), ``{role: (explicit path or None,
+    model kind)}``: explicit flags, else the --models layout (downloaded when missing unless
+    --no-download). Every file that is missing and cannot be fetched is listed in one
+    :class:`ModelMissingError` (kind, URL, exact path)."""
     from .download import ensure_model_file, find_model_file, is_offline, missing_error, model_file
 
     folders = {MODEL_FOLDER: os.path.join(args.models, MODEL_FOLDER), "vae": os.path.join(args.models, "vae")}
-    wanted = {
-        "unet": (args.unet, f"unet-{args.version}"),
-        "whisper": (args.whisper, "whisper"),
-        "vae": (args.vae, "vae"),
-    }
+    if wanted is None:
+        wanted = {
+            "unet": (args.unet, f"unet-{args.version}"),
+            "whisper": (args.whisper, "whisper"),
+            "vae": (args.vae, "vae"),
+        }
     paths, absent = {}, {}
     for role, (explicit, kind) in wanted.items():
         if explicit:
@@ -224,7 +253,7 @@ def resolve_models(args) -> dict[str, str]:
         def progress(done, total, _kind=kind):
             nonlocal bar
             if bar is None:
-                bar = _bar(total or None, f"download {_kind}", args.quiet, unit="B")
+                bar = progress_bar(total or None, f"download {_kind}", args.quiet, unit="B")
                 bar.unit_scale = True
             bar.update(done - bar.n)
 
@@ -270,15 +299,7 @@ def run(args) -> str:
     vae = load_vae(paths["vae"], args.vae_config, device=device, dtype=dtype)
     aligner = FaceAligner(resolution, face=settings.face, max_gap=settings.max_gap, models_dir=args.models,
                           download=not args.no_download)
-    bars: dict[str, object] = {}
-
-    def progress(stage: str, done: int, total: int) -> None:
-        if stage not in bars:  # a stage has its own total: close the last bar, start a fresh one
-            for bar in bars.values():
-                bar.close()
-            bars[stage] = _bar(total, stage, args.quiet, unit=STAGE_UNITS.get(stage, "frame"))
-        bars[stage].update(done - bars[stage].n)
-
+    progress = StageBars(args.quiet, STAGE_UNITS)
     try:
         report = lip_sync_video(
             args.video, args.out, waveform, rate, unet=unet, vae=vae, whisper=whisper, settings=settings,
@@ -286,8 +307,7 @@ def run(args) -> str:
         )
     finally:
         aligner.close()
-        for bar in bars.values():
-            bar.close()  # before the last lines: they are not glued to a bar
+        progress.close()  # before the last lines: they are not glued to a bar
     log.info("wrote %s in %.1f s: %s", report.path, report.seconds, report.summary())
     return report.path
 
@@ -334,8 +354,19 @@ def native_logs_hidden():
 
 
 def main(argv=None) -> int:
-    """The command line; returns the exit status (0 done, 1 runtime error, 2 usage error, 130 Ctrl-C)."""
-    args = build_parser().parse_args(argv)
+    """The command line; returns the exit status (0 done, 1 runtime error, 2 usage error, 130 Ctrl-C).
+    ``score ...`` is the sync-score command (:mod:`latentsync_core.score_cli`)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["score"]:
+        from .score_cli import main as score_main
+
+        return score_main(argv[1:])
+    return logged(build_parser().parse_args(argv), _main)
+
+
+def logged(args, command) -> int:
+    """Run ``command(args)`` with log lines (``-q``/``-v`` levels) on stderr and native libraries' noise
+    hidden unless ``--verbose``."""
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
     with contextlib.nullcontext(sys.stderr) if args.verbose else native_logs_hidden() as err:
         handler = logging.StreamHandler(err)
@@ -345,7 +376,7 @@ def main(argv=None) -> int:
         root.addHandler(handler)
         root.setLevel(level)
         try:
-            return _main(args)
+            return command(args)
         finally:
             root.removeHandler(handler)
             root.setLevel(old_level)

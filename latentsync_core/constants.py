@@ -79,6 +79,7 @@ WHISPER_FILENAME = "whisper/tiny.pt"
 SYNCNET_FILENAME = "stable_syncnet.pt"
 VIDEOMAE_FILENAME = "auxiliary/vit_g_hybrid_pt_1200e_ssv2_ft.pth"
 VGG16_FILENAME = "auxiliary/vgg16-397923af.pth"
+SYNCNET_V2_FILENAME = "auxiliary/syncnet_v2.model"  # joonson's SyncNet: the sync score (LSE-C / LSE-D)
 
 
 def crop_size(resolution: int = RESOLUTION) -> tuple[int, int]:

@@ -31,6 +31,7 @@ from .constants import (
     HF_REPO_VAE,
     MODEL_FOLDER,
     SYNCNET_FILENAME,
+    SYNCNET_V2_FILENAME,
     UNET_FILENAME,
     VGG16_FILENAME,
     VIDEOMAE_FILENAME,
@@ -96,6 +97,11 @@ MODEL_FILES: dict[str, ModelFile] = {
         ModelFile(
             "vgg16", HF_REPO_V15, VGG16_FILENAME, MODEL_FOLDER, VGG16_FILENAME,
             "torchvision ImageNet VGG16 (training: LPIPS loss)", "528 MB", "BSD-3-Clause",
+        ),
+        # the sync score (latentsync_core.sync_score): LSE-C / LSE-D as papers report them
+        ModelFile(
+            "syncnet-v2", HF_REPO_V15, SYNCNET_V2_FILENAME, MODEL_FOLDER, SYNCNET_V2_FILENAME,
+            "SyncNet v2 (joonson/syncnet_python; sync score LSE-C / LSE-D)", "54 MB", "MIT",
         ),
         ModelFile(
             "vae", HF_REPO_VAE, "diffusion_pytorch_model.safetensors", "vae", "sd-vae-ft-mse.safetensors",

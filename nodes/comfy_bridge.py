@@ -16,7 +16,7 @@ import folder_paths
 
 from ..latentsync_core.constants import MODEL_FOLDER, WHISPER_SUBFOLDER
 
-MODEL_EXTENSIONS = {".pt", ".pth", ".safetensors", ".task"}
+MODEL_EXTENSIONS = {".pt", ".pth", ".safetensors", ".task", ".model"}  # .model: syncnet_v2
 
 
 def register_model_folder() -> None:
@@ -159,6 +159,20 @@ def progress_text(text: str, node_id: str | None) -> None:
         PromptServer.instance.send_progress_text(text, node_id)
     except Exception:  # noqa: S110 (purely cosmetic: an old server without progress text, or no server)
         pass
+
+
+def stage_progress(node_id: str | None, names: dict[str, str]):
+    """``progress(stage, done, total)`` for a job of stages: a fresh bar per stage (each has its own total)
+    with the stage's name (``names``) as the node's progress text."""
+    state = {"stage": None, "bar": None}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage != state["stage"]:
+            state["stage"], state["bar"] = stage, progress_bar(max(total, 1))
+            progress_text(names.get(stage, stage), node_id)
+        state["bar"].update_absolute(done, total)
+
+    return progress
 
 
 def model_patcher(module, load_device, offload_device, size: int = 0):

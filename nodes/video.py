@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import uuid
 
 from ..latentsync_core.audio import comfy_audio_parts
-from ..latentsync_core.errors import LatentSyncError
 from ..latentsync_core.options import StreamSettings, from_widgets, node_inputs
 from ..latentsync_core.stream import lip_sync_video
 from ..latentsync_core.vae import as_latent_vae
 from . import comfy_bridge as bridge
 from .face import task_path
 from .types import CATEGORY, MODEL_INPUT, VAE_INPUT, WHISPER_INPUT
+from .video_files import remove_quietly, video_source
 
 logger = logging.getLogger(__name__)
 
@@ -70,16 +69,8 @@ class LatentSyncLipSyncVideo:
         waveform, rate = comfy_audio_parts(audio)
         folder = os.path.join(bridge.temp_directory(), OUTPUT_SUBFOLDER)
         out = os.path.join(folder, f"LatentSync_{uuid.uuid4().hex[:12]}.mp4")
-        source, scratch = _video_source(video, video_path, folder)
-        bar, stage_shown = None, None
-
-        def progress(stage: str, done: int, total: int) -> None:
-            nonlocal bar, stage_shown
-            if stage != stage_shown:  # each stage has its own total: a fresh bar from 0
-                stage_shown = stage
-                bar = bridge.progress_bar(max(total, 1))
-                bridge.progress_text(STAGES.get(stage, stage), unique_id)
-            bar.update_absolute(done, total)
+        source, scratch = video_source(video, video_path, folder)
+        progress = bridge.stage_progress(unique_id, STAGES)  # each stage has its own total: a fresh bar
 
         try:
             with model.on_compute_device() as unet:
@@ -92,47 +83,11 @@ class LatentSyncLipSyncVideo:
                 )
         finally:
             if scratch is not None:
-                _remove(scratch)
+                remove_quietly(scratch)
         summary = report.summary()
         logger.info("LatentSync Lip Sync Video: %s -> %s", summary, report.path)
         video_cls = bridge.video_from_file_class()
         return {"ui": {"text": [summary]}, "result": (video_cls(report.path), summary)}
-
-
-def _video_source(video, video_path: str, folder: str) -> tuple[str, str | None]:
-    """The video file to read and, when it had to be written out first, that scratch file (to remove)."""
-    path = (video_path or "").strip().strip('"')
-    if video is not None and path:
-        raise LatentSyncError("Connect either a VIDEO or a video_path, not both.")
-    if path:
-        if not os.path.isfile(path) and bridge.input_exists(path):
-            path = bridge.input_path(path)
-        if not os.path.isfile(path):
-            raise LatentSyncError(f"video_path: no such file: {video_path}")
-        return path, None
-    if video is None:
-        raise LatentSyncError("No video: connect a VIDEO (core Load Video) or set video_path.")
-    source = video.get_stream_source() if hasattr(video, "get_stream_source") else None
-    if isinstance(source, str) and os.path.isfile(source):
-        return source, None
-    # an in-memory video (built from frames, or from an API node): write it out once to read it in ranges
-    os.makedirs(folder, exist_ok=True)
-    scratch = os.path.join(folder, f".input_{uuid.uuid4().hex[:12]}.mp4")
-    if hasattr(source, "read"):
-        with open(scratch, "wb") as fh:
-            shutil.copyfileobj(source, fh)
-    elif hasattr(video, "save_to"):
-        video.save_to(scratch)
-    else:
-        raise LatentSyncError(f"Not a video: {type(video).__name__}. Connect core Load Video's VIDEO.")
-    return scratch, scratch
-
-
-def _remove(path: str) -> None:
-    try:
-        os.remove(path)
-    except OSError:
-        pass
 
 
 REQUIRED_OPTIONS = ("seed", "steps", "guidance", "deepcache", "face", "max_gap", "audio_mode")

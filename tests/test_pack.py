@@ -20,6 +20,7 @@ EXPECTED_NODES = {
     "LatentSyncSampler",
     "LatentSyncLipSyncVideo",
     "LatentSyncFacePreview",
+    "LatentSyncSyncScore",
 }
 
 # ComfyUI's built-in socket types plus this pack's own

@@ -34,6 +34,7 @@ def graph_files(pack):
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("landmarks_offline")
 def test_five_second_clip_through_the_graph(pack, graph_files):
     n = pack.NODE_CLASS_MAPPINGS
     frames = np.stack([cv2.cvtColor(cv2.imread(str(FIXTURES / "face" / f"detect_{i}.png")), cv2.COLOR_BGR2RGB)
@@ -64,6 +65,7 @@ def test_five_second_clip_through_the_graph(pack, graph_files):
     assert (core.faces.float() - synced[:16]).abs().max() < 2e-3  # unclamped, everywhere
 
 
+@pytest.mark.usefixtures("landmarks_offline")
 def test_core_whole_job_on_frames_and_audio(pack):
     """``LipSyncPipeline(unet, vae, whisper)(frames, waveform, rate, fps)``: the core API without ComfyUI."""
     from latentsync_core.audio import load_whisper

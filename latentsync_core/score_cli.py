@@ -1,0 +1,122 @@
+"""``python -m latentsync_core score VIDEO``: the lip-sync score of a video (LSE-C, LSE-D, AV offset).
+
+    python -m latentsync_core score result.mp4 [--audio speech.wav] [--json] [--models DIR]
+
+Prints LSE-C (SyncNet confidence, higher is better), LSE-D (distance, lower is better) and the audio-video
+offset in frames and ms, computed as the official evaluation does (:mod:`latentsync_core.sync_score`) on
+face crops from the pack's face track (:mod:`latentsync_core.sync_video`). ``--json`` prints one JSON
+object instead (per-track figures included). The SyncNet weights (``auxiliary/syncnet_v2.model``) are
+found under ``--models`` (ComfyUI's layout: ``DIR/latentsync/auxiliary/``) or downloaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from .cli import (
+    EXIT_INTERRUPTED,
+    EXIT_RUNTIME,
+    EXIT_USAGE,
+    StageBars,
+    UsageError,
+    add_machine_flags,
+    add_verbosity_flags,
+    logged,
+    pick_device,
+    raw_flag,
+    resolve_models,
+)
+from .errors import LatentSyncError
+from .options import FACE, FaceOptions, OptionError, add_flags, settings_from_flags
+
+log = logging.getLogger("latentsync_core.score")
+SCORE_FACE_OPTIONS = [o for o in FACE if o.name == "face"]  # which face; the crop is the official one
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m latentsync_core score",
+        description="Lip-sync score of a video: LSE-C (higher is better), LSE-D (lower is better) and the "
+                    "audio-video offset, as the official SyncNet evaluation computes them.",
+    )
+    p.add_argument("video", help="the video to score (any format FFmpeg reads), e.g. a lip-sync result")
+    p.add_argument("--audio", help="score against this audio instead of the video's own audio track")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    add_machine_flags(p, "latentsync/auxiliary/syncnet_v2.model")
+    p.add_argument("--syncnet", help="SyncNet v2 weights (syncnet_v2.model); overrides the --models layout")
+    add_flags(p.add_argument_group("face"), SCORE_FACE_OPTIONS)
+    p.add_argument("--no-download", action="store_true", help="never download missing model files")
+    add_verbosity_flags(p)
+    return p
+
+
+def validate(args) -> None:
+    """Every argument checked before any model loads: :class:`UsageError` with one line."""
+    from .video_io import probe_video
+
+    try:
+        args.face_options = settings_from_flags(args, FaceOptions)
+    except OptionError as exc:
+        raise UsageError(exc.for_flag(raw_flag(args, exc.option.name))) from None
+    for flag in ("video", "audio", "syncnet"):
+        value = getattr(args, flag)
+        if value is not None and os.path.isdir(value):
+            raise UsageError(f"{'--' if flag != 'video' else ''}{flag} {value} is a folder, not a file.")
+        if value is not None and not os.path.exists(value):
+            raise UsageError(f"{'--' if flag != 'video' else ''}{flag} {value}: no such file.")
+    pick_device(args.device)
+    probe_video(args.video)
+
+
+def run(args) -> dict:
+    """Score ``args.video``; returns :meth:`~latentsync_core.sync_video.VideoScore.as_dict` plus ``summary``."""
+    from .audio.io import load_audio_file
+    from .face import FaceAligner
+    from .sync_score import SAMPLE_RATE, load_syncnet_v2
+    from .sync_video import score_video
+
+    device = pick_device(args.device)
+    audio = load_audio_file(args.audio, sample_rate=SAMPLE_RATE, mono=True) if args.audio else None
+    path = resolve_models(args, {"syncnet": (args.syncnet, "syncnet-v2")})["syncnet"]
+    model = load_syncnet_v2(path, device)
+    aligner = FaceAligner(face=args.face_options.face, models_dir=args.models, download=not args.no_download)
+    progress = StageBars(args.quiet, {"faces": "frame", "score": "track"})
+    try:
+        result = score_video(model, args.video, aligner, audio=audio, progress=progress)
+    finally:
+        aligner.close()
+        progress.close()
+    return {**result.as_dict(), "summary": result.summary()}
+
+
+def _main(args) -> int:
+    try:
+        validate(args)
+    except LatentSyncError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        figures = run(args)
+    except LatentSyncError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_RUNTIME
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    if args.json:
+        print(json.dumps(figures))
+    else:
+        print(f"LSE-C  {figures['lse_c']:.3f}   (SyncNet confidence; higher is better)")
+        print(f"LSE-D  {figures['lse_d']:.3f}   (SyncNet distance; lower is better)")
+        print(f"offset {figures['offset_frames']:+d} frames ({figures['offset_ms']:+.0f} ms; + = the sound comes early)")
+        print(f"crops  {figures['crop_path']} ({len(figures['tracks'])} face track(s), {figures['frames']} frames at 25 fps)")
+    return 0
+
+
+def main(argv=None) -> int:
+    """``score`` command; returns the exit status (0 done, 1 runtime error, 2 usage error, 130 Ctrl-C)."""
+    return logged(build_parser().parse_args(argv), _main)
