@@ -80,6 +80,7 @@ SYNCNET_FILENAME = "stable_syncnet.pt"
 VIDEOMAE_FILENAME = "auxiliary/vit_g_hybrid_pt_1200e_ssv2_ft.pth"
 VGG16_FILENAME = "auxiliary/vgg16-397923af.pth"
 SYNCNET_V2_FILENAME = "auxiliary/syncnet_v2.model"  # joonson's SyncNet: the sync score (LSE-C / LSE-D)
+S3FD_FILENAME = "auxiliary/sfd_face.pth"  # the S3FD face detector: the official sync-score crops
 
 
 def crop_size(resolution: int = RESOLUTION) -> tuple[int, int]:

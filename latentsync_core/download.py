@@ -30,6 +30,7 @@ from .constants import (
     HF_REPO_V16,
     HF_REPO_VAE,
     MODEL_FOLDER,
+    S3FD_FILENAME,
     SYNCNET_FILENAME,
     SYNCNET_V2_FILENAME,
     UNET_FILENAME,
@@ -102,6 +103,10 @@ MODEL_FILES: dict[str, ModelFile] = {
         ModelFile(
             "syncnet-v2", HF_REPO_V15, SYNCNET_V2_FILENAME, MODEL_FOLDER, SYNCNET_V2_FILENAME,
             "SyncNet v2 (joonson/syncnet_python; sync score LSE-C / LSE-D)", "54 MB", "MIT",
+        ),
+        ModelFile(
+            "s3fd", HF_REPO_V15, S3FD_FILENAME, MODEL_FOLDER, S3FD_FILENAME,
+            "S3FD face detector (the official sync-score crops)", "86 MB", "see S3FD (sfzhang15/SFD)",
         ),
         ModelFile(
             "vae", HF_REPO_VAE, "diffusion_pytorch_model.safetensors", "vae", "sd-vae-ft-mse.safetensors",

@@ -336,7 +336,19 @@ MODEL = (
            "(faster after a one-time compile; not bit-exact)"),
 )
 
-GROUPS = {"face": FACE, "sampling": SAMPLING, "paste": PASTE, "audio": AUDIO, "output": OUTPUT, "model": MODEL}
+SCORE_CROPS = ("auto", "s3fd", "landmarks")
+SCORE = (  # the sync score (``score`` command, LatentSync Sync Score node)
+    Option("crops", str, SCORE_CROPS[0],
+           "How the face crops are found. s3fd: as the official evaluation (S3FD detector and its face tracks; "
+           "downloads auxiliary/sfd_face.pth, 86 MB): the numbers compare with papers. landmarks: the pack's own "
+           "face track (no extra download; numbers compare only with each other). auto: s3fd when "
+           "sfd_face.pth is already there, else landmarks.", choices=SCORE_CROPS,
+           help="face crops: s3fd (official, comparable with papers), landmarks (the pack's face track), auto: "
+                "s3fd when its weights are present"),
+)
+
+GROUPS = {"face": FACE, "sampling": SAMPLING, "paste": PASTE, "audio": AUDIO, "output": OUTPUT, "model": MODEL,
+          "score": SCORE}
 OPTIONS: dict[str, Option] = {o.name: o for group in GROUPS.values() for o in group}
 assert len(OPTIONS) == sum(len(g) for g in GROUPS.values()), "an option name is used twice"
 
@@ -429,6 +441,7 @@ PasteOptions = option_group("PasteOptions", PASTE, doc="How generated faces are 
 AudioOptions = option_group("AudioOptions", AUDIO, doc="Whisper windowing and silence handling.")
 OutputOptions = option_group("OutputOptions", OUTPUT, doc="The encoded output file.")
 ModelOptions = option_group("ModelOptions", MODEL, doc="Which model and at which precision.")
+ScoreOptions = option_group("ScoreOptions", SCORE, doc="How the sync score finds its face crops.")
 
 # settings of the streaming job that are plumbing, not user options (no widget, no flag)
 SEGMENT_FRAMES = 4 * CHUNK_FRAMES  # frames with a face sampled per segment (bounded host memory)
@@ -515,7 +528,7 @@ def unknown_fields(cls, names: Iterable[str]) -> list[str]:
 
 __all__ = [
     "AUDIO", "FACE", "GROUPS", "MODEL", "OPTIONS", "OUTPUT", "PASTE", "SAMPLING", "AudioOptions", "FaceOptions",
-    "ModelOptions", "Option", "OptionError", "OutputOptions", "PasteOptions", "SamplingOptions", "StreamSettings",
+    "ModelOptions", "Option", "OptionError", "OutputOptions", "PasteOptions", "SamplingOptions", "SCORE", "ScoreOptions", "StreamSettings",
     "add_flags", "check_face", "defaults", "face_from_widgets", "face_inputs", "from_widgets", "group_options",
     "node_inputs", "option",
     "option_field", "option_group", "settings_from_flags", "MISSING",

@@ -4,7 +4,9 @@
 
 Prints LSE-C (SyncNet confidence, higher is better), LSE-D (distance, lower is better) and the audio-video
 offset in frames and ms, computed as the official evaluation does (:mod:`latentsync_core.sync_score`) on
-face crops from the pack's face track (:mod:`latentsync_core.sync_video`). ``--json`` prints one JSON
+face crops as the official evaluation finds them (S3FD, ``--crops s3fd``) or from the pack's face track
+(``--crops landmarks``; :mod:`latentsync_core.sync_video`). ``--face`` picks the face on the landmarks
+path; the official path scores every face track, as the official evaluation does. ``--json`` prints one JSON
 object instead (per-track figures included). The SyncNet weights (``auxiliary/syncnet_v2.model``) are
 found under ``--models`` (ComfyUI's layout: ``DIR/latentsync/auxiliary/``) or downloaded.
 """
@@ -30,8 +32,9 @@ from .cli import (
     raw_flag,
     resolve_models,
 )
+from .constants import MODEL_FOLDER
 from .errors import LatentSyncError
-from .options import FACE, FaceOptions, OptionError, add_flags, settings_from_flags
+from .options import FACE, SCORE, FaceOptions, OptionError, ScoreOptions, add_flags, settings_from_flags
 
 log = logging.getLogger("latentsync_core.score")
 SCORE_FACE_OPTIONS = [o for o in FACE if o.name == "face"]  # which face; the crop is the official one
@@ -48,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     add_machine_flags(p, "latentsync/auxiliary/syncnet_v2.model")
     p.add_argument("--syncnet", help="SyncNet v2 weights (syncnet_v2.model); overrides the --models layout")
-    add_flags(p.add_argument_group("face"), SCORE_FACE_OPTIONS)
+    add_flags(p.add_argument_group("face"), [*SCORE_FACE_OPTIONS, *SCORE])
+    p.add_argument("--s3fd", help="S3FD weights (sfd_face.pth) for --crops s3fd; overrides the --models layout")
     p.add_argument("--no-download", action="store_true", help="never download missing model files")
     add_verbosity_flags(p)
     return p
@@ -60,9 +64,10 @@ def validate(args) -> None:
 
     try:
         args.face_options = settings_from_flags(args, FaceOptions)
+        args.score_options = settings_from_flags(args, ScoreOptions)
     except OptionError as exc:
         raise UsageError(exc.for_flag(raw_flag(args, exc.option.name))) from None
-    for flag in ("video", "audio", "syncnet"):
+    for flag in ("video", "audio", "syncnet", "s3fd"):
         value = getattr(args, flag)
         if value is not None and os.path.isdir(value):
             raise UsageError(f"{'--' if flag != 'video' else ''}{flag} {value} is a folder, not a file.")
@@ -75,20 +80,31 @@ def validate(args) -> None:
 def run(args) -> dict:
     """Score ``args.video``; returns :meth:`~latentsync_core.sync_video.VideoScore.as_dict` plus ``summary``."""
     from .audio.io import load_audio_file
+    from .download import find_model_file
     from .face import FaceAligner
+    from .sync_s3fd import load_s3fd, use_s3fd
     from .sync_score import SAMPLE_RATE, load_syncnet_v2
     from .sync_video import score_video
 
     device = pick_device(args.device)
     audio = load_audio_file(args.audio, sample_rate=SAMPLE_RATE, mono=True) if args.audio else None
-    path = resolve_models(args, {"syncnet": (args.syncnet, "syncnet-v2")})["syncnet"]
-    model = load_syncnet_v2(path, device)
-    aligner = FaceAligner(face=args.face_options.face, models_dir=args.models, download=not args.no_download)
+    present = args.s3fd or find_model_file("s3fd", [os.path.join(args.models, MODEL_FOLDER)])
+    wanted = {"syncnet": (args.syncnet, "syncnet-v2")}
+    if use_s3fd(args.score_options.crops, bool(present)):
+        wanted["s3fd"] = (args.s3fd, "s3fd")
+    paths = resolve_models(args, wanted)
+    model = load_syncnet_v2(paths["syncnet"], device)
+    if "s3fd" in paths:
+        detector, aligner = load_s3fd(paths["s3fd"], device), None
+    else:
+        detector = None
+        aligner = FaceAligner(face=args.face_options.face, models_dir=args.models, download=not args.no_download)
     progress = StageBars(args.quiet, {"faces": "frame", "score": "track"})
     try:
-        result = score_video(model, args.video, aligner, audio=audio, progress=progress)
+        result = score_video(model, args.video, aligner, audio=audio, progress=progress, detector=detector)
     finally:
-        aligner.close()
+        if aligner is not None:
+            aligner.close()
         progress.close()
     return {**result.as_dict(), "summary": result.summary()}
 

@@ -75,23 +75,31 @@ def _syncnet_python():
 
 
 def _syncnet_python_module(name: str):
+    """One file (``name.py``) or sub-package (``name/__init__.py``, e.g. ``detectors/s3fd``) of the
+    syncnet-python package, loaded by path under a private name."""
     import importlib.util
     import sys
 
-    key = f"{_SYNCNET_MODULES}.{name}"
+    key = f"{_SYNCNET_MODULES}_{name.replace('/', '_')}"
     if key in sys.modules:
         return sys.modules[key]
     package = importlib.util.find_spec("syncnet_python")  # locates the package; does not run its __init__
-    path = os.path.join(list(package.submodule_search_locations)[0], f"{name}.py") if package else None
-    if path is None or not os.path.isfile(path):
+    root = list(package.submodule_search_locations)[0] if package else None
+    path = os.path.join(root, *name.split("/")) if root else None
+    if path is not None and os.path.isdir(path):  # a sub-package: its relative imports resolve inside it
+        spec = importlib.util.spec_from_file_location(key, os.path.join(path, "__init__.py"),
+                                                      submodule_search_locations=[path])
+    elif path is not None and os.path.isfile(path + ".py"):
+        spec = importlib.util.spec_from_file_location(key, path + ".py")
+    else:
         raise ImportError("No module named 'syncnet_python'")
-    spec = importlib.util.spec_from_file_location(key, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[key] = module
     try:
         spec.loader.exec_module(module)
     except BaseException:
-        del sys.modules[key]
+        for loaded in [k for k in sys.modules if k == key or k.startswith(key + ".")]:
+            del sys.modules[loaded]
         raise
     return module
 

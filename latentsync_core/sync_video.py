@@ -26,6 +26,8 @@ import torch
 
 from .errors import FaceError
 from .face.gaps import format_ranges, runs
+from .sync_s3fd import TRACK_MIN_FRAMES, detect
+from .sync_s3fd import face_tracks as official_face_tracks
 from .sync_score import FPS, MIN_SECONDS, SAMPLE_RATE, AggregateScore, SyncScore, aggregate, score_clip
 from .video_io import VideoReader, probe_video
 
@@ -38,7 +40,7 @@ CROP_SIZE = 224
 MAX_GAP = 25  # frames without a face bridged inside one track (the official num_failed_det)
 MIN_TRACK = int(MIN_SECONDS * FPS)  # frames: shorter tracks are not scored (the audio would be under 1 s)
 READ_BLOCK = 64  # frames decoded at a time (host memory stays flat in video length)
-CROP_PATH = "landmarks"
+CROP_PATH = "landmarks"  # crops from the pack's face track ("s3fd": the official detector's)
 
 Progress = Callable[[str, int, int], None]  # (stage, done, total): stages "faces", "crops"
 
@@ -124,41 +126,60 @@ def crop_face(frame: np.ndarray, s: float, x: float, y: float, crop_scale: float
     return cv2.resize(padded[y1:y2, x1:x2], (CROP_SIZE, CROP_SIZE))  # INTER_LINEAR, as the official resize
 
 
+Track = tuple[int, int, np.ndarray]  # (first 25 fps frame, end frame (exclusive), face boxes float64 [n, 4])
+
+
 def face_tracks(found: np.ndarray) -> list[tuple[int, int]]:
     """``(start, end)`` (end exclusive) runs of frames with a face (gaps already bridged), at least
     :data:`MIN_TRACK` frames long."""
     return [(a, b + 1) for a, b in runs(np.asarray(found, dtype=bool)) if b + 1 - a >= MIN_TRACK]
 
 
-def _detect(reader, pick: np.ndarray, aligner, progress, check_interrupt) -> tuple[np.ndarray, np.ndarray]:
-    """Landmarks ``[M, 68, 2]`` (NaN where none) and found ``[M]`` of the 25 fps frames, gaps bridged."""
+def _blocks(reader, pick: np.ndarray, start: int, stop: int, check_interrupt=None):
+    """``(first index, uint8 frames)`` of the 25 fps frames ``pick[start:stop]``, READ_BLOCK at a time."""
+    for first in range(start, stop, READ_BLOCK):
+        if check_interrupt is not None:
+            check_interrupt()
+        rows = pick[first:min(stop, first + READ_BLOCK)]
+        yield first, reader.read(int(rows[0]), int(rows[-1]) + 1)[rows - rows[0]]
+
+
+def landmark_tracks(reader, pick: np.ndarray, aligner, progress=None, check_interrupt=None) -> tuple[list[Track], str]:
+    """The pack's face path: landmarks of every 25 fps frame, gaps of up to 25 frames bridged, runs of at
+    least 1 s, boxes around the 68 landmarks. Returns the tracks and the frames without a face (text)."""
     from .face.gaps import bridge_gaps
 
     m = len(pick)
     landmarks, found = np.full((m, 68, 2), np.nan), np.zeros(m, dtype=bool)
-    for start in range(0, m, READ_BLOCK):
-        if check_interrupt is not None:
-            check_interrupt()
-        rows = pick[start:start + READ_BLOCK]
-        frames = reader.read(int(rows[0]), int(rows[-1]) + 1)[rows - rows[0]]
-        lm, ok = aligner.detect(list(frames))
-        landmarks[start:start + len(rows)], found[start:start + len(rows)] = lm, ok
+    for first, frames in _blocks(reader, pick, 0, m, check_interrupt):
+        landmarks[first:first + len(frames)], found[first:first + len(frames)] = aligner.detect(list(frames))
         if progress is not None:
-            progress("faces", start + len(rows), m)
+            progress("faces", first + len(frames), m)
     landmarks, found, _ = bridge_gaps(landmarks, found, MAX_GAP)
-    return landmarks, found
+    tracks = [(a, b, landmark_boxes(landmarks[a:b])) for a, b in face_tracks(found)]
+    return tracks, format_ranges(runs(~found))
 
 
-def _crops(reader, pick: np.ndarray, track: tuple[int, int], landmarks: np.ndarray) -> np.ndarray:
+def s3fd_tracks(reader, pick: np.ndarray, detector, progress=None, check_interrupt=None) -> tuple[list[Track], str]:
+    """The official face path (:mod:`latentsync_core.sync_s3fd`): S3FD on every 25 fps frame, the official
+    tracks. Returns the tracks and the frames without a detection (text)."""
+    m = len(pick)
+    detections: list[np.ndarray] = []
+    for first, frames in _blocks(reader, pick, 0, m, check_interrupt):
+        detections += detect(detector, frames)
+        if progress is not None:
+            progress("faces", first + len(frames), m)
+    return official_face_tracks(detections), format_ranges(runs(np.array([len(d) == 0 for d in detections])))
+
+
+def _crops(reader, pick: np.ndarray, track: Track) -> np.ndarray:
     """uint8 ``[n, 224, 224, 3]`` RGB crops of one track's frames."""
-    a, b = track
-    geometry = smoothed_geometry(landmark_boxes(landmarks[a:b]))
+    a, b, boxes = track
+    geometry = smoothed_geometry(boxes)
     out = np.empty((b - a, CROP_SIZE, CROP_SIZE, 3), dtype=np.uint8)
-    for start in range(a, b, READ_BLOCK):
-        rows = pick[start:min(b, start + READ_BLOCK)]
-        frames = reader.read(int(rows[0]), int(rows[-1]) + 1)[rows - rows[0]]
+    for first, frames in _blocks(reader, pick, a, b):
         for i, frame in enumerate(frames):
-            out[start - a + i] = crop_face(frame, *geometry[start - a + i])
+            out[first - a + i] = crop_face(frame, *geometry[first - a + i])
     return out
 
 
@@ -186,15 +207,17 @@ class ArrayFrames:
 def score_video(
     model: torch.nn.Module,
     video: str,
-    aligner,
+    aligner=None,
     audio: tuple[Any, int] | None = None,
     progress: Progress | None = None,
     check_interrupt: Callable[[], None] | None = None,
+    detector=None,
 ) -> VideoScore:
     """Score the lip sync of a video file.
 
     model: the ``S`` network (:func:`~latentsync_core.sync_score.load_syncnet_v2`). video: any file PyAV reads.
-    aligner: a :class:`~latentsync_core.face.FaceAligner` (its landmark detector and face selection). audio:
+    aligner: a :class:`~latentsync_core.face.FaceAligner` (its landmark detector and face selection) for
+    the pack's crops, or detector: S3FD (:func:`~latentsync_core.sync_s3fd.load_s3fd`) for the official ones. audio:
     ``(waveform [C, T] or [T] in [-1, 1], sample rate)``; None = the video's own audio track. Raises
     :class:`FaceError` when no face track of at least 1 s exists (naming the frames without a face) and
     :class:`AudioError` for missing, silent or too short audio, before the network runs.
@@ -206,7 +229,7 @@ def score_video(
         audio = load_audio_file(video, sample_rate=SAMPLE_RATE, mono=True)
     with VideoReader(video) as reader:
         return score_frames(model, reader, info.num_frames, float(info.fps), aligner, audio, progress,
-                            check_interrupt, name=video)
+                            check_interrupt, name=video, detector=detector)
 
 
 def score_frames(
@@ -219,6 +242,7 @@ def score_frames(
     progress: Progress | None = None,
     check_interrupt: Callable[[], None] | None = None,
     name: str = "the video",
+    detector=None,
 ) -> VideoScore:
     """:func:`score_video` on a frame source (``read(start, stop)`` -> uint8 RGB ``[n, H, W, 3]``: a
     ``VideoReader`` or :class:`ArrayFrames`) of ``num_frames`` frames at ``fps``."""
@@ -229,27 +253,33 @@ def score_frames(
     samples = _audio_16k(waveform.reshape(-1, waveform.shape[-1]).mean(0), rate)
     check_audio(samples)  # before any face work
     pick = frames_at_25fps(num_frames, fps)
-    landmarks, found = _detect(frames, pick, aligner, progress, check_interrupt)
-    tracks = face_tracks(found)
+    if (aligner is None) == (detector is None):
+        raise ValueError("give an aligner (the pack's crops) or an S3FD detector (the official crops), not both")
+    if detector is not None:
+        tracks, missing = s3fd_tracks(frames, pick, detector, progress, check_interrupt)
+        need = f"S3FD face track of more than {TRACK_MIN_FRAMES} frames"
+    else:
+        tracks, missing = landmark_tracks(frames, pick, aligner, progress, check_interrupt)
+        need = f"face track of at least {MIN_SECONDS:g} s"
     if not tracks:
-        missing = format_ranges(runs(~found))
         raise FaceError(
-            f"No face track of at least {MIN_SECONDS:g} s to score in {name} ({len(pick)} frames at 25 fps"
+            f"No {need} to score in {name} ({len(pick)} frames at 25 fps"
             + (f"; no face in frames {missing}" if missing else "") + ")."
         )
     scored = []
     per_frame = SAMPLE_RATE // FPS
-    for k, (a, b) in enumerate(tracks):
+    for k, (a, b, boxes) in enumerate(tracks):
         if check_interrupt is not None:
             check_interrupt()
         pcm = samples[a * per_frame: b * per_frame]
         if len(pcm) >= MIN_SECONDS * SAMPLE_RATE:  # else the audio ends before this track does
-            scored.append(((a, b), score_clip(model, _crops(frames, pick, (a, b), landmarks), pcm)))
+            scored.append(((a, b), score_clip(model, _crops(frames, pick, (a, b, boxes)), pcm)))
         if progress is not None:
             progress("score", k + 1, len(tracks))
     if not scored:
         check_audio(samples[tracks[0][0] * per_frame:])  # raises: the audio is too short there
-    return VideoScore(aggregate([s for _, s in scored]), scored, CROP_PATH, len(pick), float(fps))
+    crop_path = "s3fd" if detector is not None else CROP_PATH
+    return VideoScore(aggregate([s for _, s in scored]), scored, crop_path, len(pick), float(fps))
 
 
 # -- acting on a score --------------------------------------------------------------------------------------

@@ -8,10 +8,11 @@ import os
 import torch
 
 from ..latentsync_core.audio import comfy_audio_parts
-from ..latentsync_core.constants import SYNCNET_V2_FILENAME
+from ..latentsync_core.constants import S3FD_FILENAME, SYNCNET_V2_FILENAME
 from ..latentsync_core.download import ensure_model_file
 from ..latentsync_core.errors import LatentSyncError, ModelMissingError
-from ..latentsync_core.options import FaceOptions, from_widgets, node_inputs
+from ..latentsync_core.options import FaceOptions, ScoreOptions, from_widgets, node_inputs
+from ..latentsync_core.sync_s3fd import load_s3fd, use_s3fd
 from ..latentsync_core.sync_score import load_syncnet_v2
 from ..latentsync_core.sync_video import ArrayFrames, fixable, score_frames, score_video, shift_audio
 from . import comfy_bridge as bridge
@@ -32,8 +33,8 @@ class LatentSyncSyncScore:
     DESCRIPTION = (
         "Measures lip sync as papers do, with joonson's SyncNet (syncnet_v2): LSE-C (confidence, higher is "
         "better; good lip sync is roughly 7-9 with the real weights), LSE-D (distance, lower is better) and the "
-        "audio-video offset. Face crops come from LatentSync's own face track, not the official S3FD crops: "
-        "compare results with each other, not with published tables."
+        "audio-video offset. crops = s3fd finds faces as the official evaluation (numbers comparable with "
+        "papers); landmarks uses LatentSync's own face track (compare results only with each other)."
     )
     RETURN_TYPES = ("FLOAT", "FLOAT", "INT", "FLOAT", "STRING", "IMAGE", "AUDIO")
     RETURN_NAMES = ("lse_c", "lse_d", "offset_frames", "offset_ms", "summary", "plot", "fixed_audio")
@@ -56,7 +57,7 @@ class LatentSyncSyncScore:
                 "syncnet": (files, {"default": SYNCNET_V2_FILENAME,
                                     "tooltip": f"SyncNet weights under models/latentsync/ ({SYNCNET_V2_FILENAME}: "
                                                "downloaded when missing)."}),
-                **node_inputs("face"),
+                **node_inputs("face", "crops"),
             },
             "optional": {
                 "video": ("VIDEO", {"tooltip": "The video to score (its own audio unless AUDIO is connected)."}),
@@ -70,6 +71,7 @@ class LatentSyncSyncScore:
 
     def score(self, syncnet, video=None, images=None, audio=None, fps=25.0, unique_id=None, **widgets):
         face = FaceOptions(**from_widgets(widgets, ["face"])).face  # checked before any work
+        crops = ScoreOptions(**from_widgets(widgets, ["crops"])).crops
         if video is None and images is None:
             raise LatentSyncError("Nothing to score: connect a VIDEO, or IMAGE frames with AUDIO.")
         if video is not None and images is not None:
@@ -77,25 +79,31 @@ class LatentSyncSyncScore:
         if images is not None and audio is None:
             raise LatentSyncError("IMAGE frames need an AUDIO input to be scored against.")
         speech = comfy_audio_parts(audio) if audio is not None else None
-        model = load_syncnet_v2(_syncnet_path(syncnet), bridge.compute_device())
-        from ..latentsync_core.face import FaceAligner
+        device = bridge.compute_device()
+        model = load_syncnet_v2(_syncnet_path(syncnet), device)
+        detector, aligner = None, None
+        if use_s3fd(crops, bridge.model_path(S3FD_FILENAME) is not None):
+            detector = load_s3fd(_download(S3FD_FILENAME, "s3fd"), device)
+        else:
+            from ..latentsync_core.face import FaceAligner
 
-        aligner = FaceAligner(face=face, task_path=task_path())
+            aligner = FaceAligner(face=face, task_path=task_path())
         progress = bridge.stage_progress(unique_id, STAGES)
         scratch = None
         try:
             if images is not None:
                 result = score_frames(model, ArrayFrames(images), len(images), float(fps), aligner, speech,
-                                      progress, bridge.check_interrupted, name="the IMAGE frames")
+                                      progress, bridge.check_interrupted, name="the IMAGE frames", detector=detector)
             else:
                 path, scratch = video_source(video, "", os.path.join(bridge.temp_directory(), "latentsync"))
-                result = score_video(model, path, aligner, speech, progress, bridge.check_interrupted)
+                result = score_video(model, path, aligner, speech, progress, bridge.check_interrupted, detector)
                 if speech is None:
                     from ..latentsync_core.audio.io import load_audio_file
 
                     speech = load_audio_file(path)
         finally:
-            aligner.close()
+            if aligner is not None:
+                aligner.close()
             if scratch is not None:
                 remove_quietly(scratch)
         from ..latentsync_core.sync_plot import plot_score
@@ -114,13 +122,18 @@ class LatentSyncSyncScore:
 
 
 def _syncnet_path(name: str) -> str:
+    if bridge.model_path(name) is None and name != SYNCNET_V2_FILENAME:
+        raise ModelMissingError(f"SyncNet file not found: models/latentsync/{name}")
+    return _download(name, "syncnet-v2")
+
+
+def _download(name: str, kind: str) -> str:
+    """The file ``name`` under models/latentsync/, downloaded (as model kind ``kind``) when missing."""
     path = bridge.model_path(name)
     if path is not None:
         return path
-    if name != SYNCNET_V2_FILENAME:
-        raise ModelMissingError(f"SyncNet file not found: models/latentsync/{name}")
     folders = bridge.model_folders()
-    return ensure_model_file("syncnet-v2", folders[0], search_folders=folders[1:], progress=bridge.progress_callback())
+    return ensure_model_file(kind, folders[0], search_folders=folders[1:], progress=bridge.progress_callback())
 
 
 NODE_CLASSES = [LatentSyncSyncScore]

@@ -178,3 +178,25 @@ def landmarks_offline(request, tmp_path_factory, monkeypatch, _isolated_model_ca
     folder.mkdir(parents=True)
     (folder / FACE_LANDMARKER_FILENAME).symlink_to(task)
     return task
+
+
+@pytest.fixture(scope="session")
+def syncnet_file(tmp_path_factory):
+    """The sync reference's random-weight syncnet_v2 (LATENTSYNC_GOLDEN_SYNC) as a ``syncnet_v2.model`` file
+    (a float32 state dict); skips (fails under LATENTSYNC_REQUIRE_SYNC) without the sync-score packages."""
+    import numpy as np
+    import torch
+    from test_sync_score_parity import GOLDEN, _require_sync_packages
+
+    _require_sync_packages()
+    path = tmp_path_factory.mktemp("syncnet") / "syncnet_v2.model"
+    with np.load(GOLDEN / "syncnet_v2_random.npz") as weights:
+        torch.save({k: torch.from_numpy(weights[k]).float() for k in weights.files}, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def syncnet(syncnet_file):
+    from latentsync_core.sync_score import load_syncnet_v2
+
+    return load_syncnet_v2(syncnet_file)

@@ -56,11 +56,17 @@ def test_command_line_defaults_are_the_table():
     args = cli.build_parser().parse_args(["--video", "v.mp4", "--audio", "a.wav", "--out", "o.mp4"])
     settings = options.settings_from_flags(args)
     assert settings == StreamSettings()
-    for spec_option in OPTIONS.values():
-        if spec_option.flag:
-            assert spec_option.from_flag(getattr(args, spec_option.name)) == spec_option.default, spec_option.name
+    lip_sync = [o for name, group in options.GROUPS.items() if name != "score" for o in group if o.flag]
+    for spec_option in lip_sync:
+        assert spec_option.from_flag(getattr(args, spec_option.name)) == spec_option.default, spec_option.name
     flags = {a.dest for a in cli.build_parser()._actions}
-    assert {o.name for o in OPTIONS.values() if o.flag} <= flags  # compile, audio_mode, max_gap included
+    assert {o.name for o in lip_sync} <= flags  # compile, audio_mode, max_gap included
+    # the score command: its options from the same table
+    from latentsync_core import score_cli
+
+    score_args = score_cli.build_parser().parse_args(["v.mp4"])
+    for spec_option in (*options.SCORE, OPTIONS["face"]):
+        assert spec_option.from_flag(getattr(score_args, spec_option.name)) == spec_option.default, spec_option.name
 
 
 def test_core_defaults_are_the_table():

@@ -15,10 +15,8 @@ import pytest
 import torch
 from comfy_api.input_impl import VideoFromFile
 from test_stream import make_face_clip
-from test_sync_score_parity import GOLDEN, _require_sync_packages
 
 from latentsync_core import cli
-from latentsync_core import sync_score as ss
 from latentsync_core import sync_video as sv
 from latentsync_core.audio import load_audio_file
 from latentsync_core.errors import AudioError, FaceError
@@ -26,21 +24,6 @@ from latentsync_core.video_io import VideoReader, VideoWriter
 
 pytestmark = pytest.mark.usefixtures("landmarks_offline")
 SPEECH = "tests/fixtures/audio/en.flac"
-
-
-@pytest.fixture(scope="module")
-def syncnet_file(tmp_path_factory):
-    """The reference's random-weight syncnet_v2 as a ``syncnet_v2.model`` file (a float32 state dict)."""
-    _require_sync_packages()
-    path = tmp_path_factory.mktemp("syncnet") / "syncnet_v2.model"
-    with np.load(GOLDEN / "syncnet_v2_random.npz") as weights:
-        torch.save({k: torch.from_numpy(weights[k]).float() for k in weights.files}, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def syncnet(syncnet_file):
-    return ss.load_syncnet_v2(syncnet_file)
 
 
 # -- the official crop ----------------------------------------------------------------------------------
