@@ -337,7 +337,13 @@ MODEL = (
 )
 
 SCORE_CROPS = ("auto", "s3fd", "landmarks")
+SCORERS = ("lse", "fast")
 SCORE = (  # the sync score (``score`` command, LatentSync Sync Score node)
+    Option("scorer", str, SCORERS[0],
+           "lse: LSE-C / LSE-D / offset with joonson's SyncNet, as papers report them. fast: LatentSync's own "
+           "StableSyncNet cosine similarity per 16-frame window of the aligned faces (needs stable_syncnet.pt, "
+           "1.6 GB; a different number, NOT LSE).", choices=SCORERS, widget="",
+           help="lse: LSE-C/LSE-D/offset as papers (syncnet_v2); fast: StableSyncNet cosine similarity, NOT LSE"),
     Option("crops", str, SCORE_CROPS[0],
            "How the face crops are found. s3fd: as the official evaluation (S3FD detector and its face tracks; "
            "downloads auxiliary/sfd_face.pth, 86 MB): the numbers compare with papers. landmarks: the pack's own "

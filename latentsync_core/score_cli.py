@@ -53,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--syncnet", help="SyncNet v2 weights (syncnet_v2.model); overrides the --models layout")
     add_flags(p.add_argument_group("face"), [*SCORE_FACE_OPTIONS, *SCORE])
     p.add_argument("--s3fd", help="S3FD weights (sfd_face.pth) for --crops s3fd; overrides the --models layout")
+    p.add_argument("--stable-syncnet", help="stable_syncnet.pt for --scorer fast; overrides the --models layout")
     p.add_argument("--no-download", action="store_true", help="never download missing model files")
     add_verbosity_flags(p)
     return p
@@ -67,27 +68,32 @@ def validate(args) -> None:
         args.score_options = settings_from_flags(args, ScoreOptions)
     except OptionError as exc:
         raise UsageError(exc.for_flag(raw_flag(args, exc.option.name))) from None
-    for flag in ("video", "audio", "syncnet", "s3fd"):
+    for flag in ("video", "audio", "syncnet", "s3fd", "stable_syncnet"):
         value = getattr(args, flag)
         if value is not None and os.path.isdir(value):
-            raise UsageError(f"{'--' if flag != 'video' else ''}{flag} {value} is a folder, not a file.")
+            raise UsageError(f"{_flag_name(flag)} {value} is a folder, not a file.")
         if value is not None and not os.path.exists(value):
-            raise UsageError(f"{'--' if flag != 'video' else ''}{flag} {value}: no such file.")
+            raise UsageError(f"{_flag_name(flag)} {value}: no such file.")
     pick_device(args.device)
     probe_video(args.video)
+
+
+def _flag_name(dest: str) -> str:
+    return dest if dest == "video" else "--" + dest.replace("_", "-")
 
 
 def run(args) -> dict:
     """Score ``args.video``; returns :meth:`~latentsync_core.sync_video.VideoScore.as_dict` plus ``summary``."""
     from .audio.io import load_audio_file
     from .download import find_model_file
-    from .face import FaceAligner
     from .sync_s3fd import load_s3fd, use_s3fd
     from .sync_score import SAMPLE_RATE, load_syncnet_v2
     from .sync_video import score_video
 
     device = pick_device(args.device)
     audio = load_audio_file(args.audio, sample_rate=SAMPLE_RATE, mono=True) if args.audio else None
+    if args.score_options.scorer == "fast":
+        return _run_fast(args, device, audio)
     present = args.s3fd or find_model_file("s3fd", [os.path.join(args.models, MODEL_FOLDER)])
     wanted = {"syncnet": (args.syncnet, "syncnet-v2")}
     if use_s3fd(args.score_options.crops, bool(present)):
@@ -97,14 +103,39 @@ def run(args) -> dict:
     if "s3fd" in paths:
         detector, aligner = load_s3fd(paths["s3fd"], device), None
     else:
-        detector = None
-        aligner = FaceAligner(face=args.face_options.face, models_dir=args.models, download=not args.no_download)
-    progress = StageBars(args.quiet, {"faces": "frame", "score": "track"})
+        detector, aligner = None, _aligner(args)
+    progress = StageBars(args.quiet, STAGE_UNITS)
     try:
         result = score_video(model, args.video, aligner, audio=audio, progress=progress, detector=detector)
     finally:
         if aligner is not None:
             aligner.close()
+        progress.close()
+    return {**result.as_dict(), "summary": result.summary()}
+
+
+STAGE_UNITS = {"faces": "frame", "score": "track"}
+
+
+def _aligner(args):
+    from .face import FaceAligner
+
+    return FaceAligner(face=args.face_options.face, models_dir=args.models, download=not args.no_download)
+
+
+def _run_fast(args, device, audio) -> dict:
+    """``--scorer fast``: StableSyncNet cosine similarity on the aligned faces (not LSE)."""
+    from .sync_fast import fast_score_video
+    from .train.config import SYNCNET_CONFIG
+    from .train.syncnet import load_stable_syncnet
+
+    path = resolve_models(args, {"stable_syncnet": (args.stable_syncnet, "stable-syncnet")})["stable_syncnet"]
+    syncnet = load_stable_syncnet(path, SYNCNET_CONFIG, device)
+    aligner, progress = _aligner(args), StageBars(args.quiet, {"faces": "frame", "score": "batch"})
+    try:
+        result = fast_score_video(syncnet, args.video, aligner, audio=audio, progress=progress)
+    finally:
+        aligner.close()
         progress.close()
     return {**result.as_dict(), "summary": result.summary()}
 
@@ -125,6 +156,8 @@ def _main(args) -> int:
         return EXIT_INTERRUPTED
     if args.json:
         print(json.dumps(figures))
+    elif figures.get("scorer") == "fast":
+        print(figures["summary"])
     else:
         print(f"LSE-C  {figures['lse_c']:.3f}   (SyncNet confidence; higher is better)")
         print(f"LSE-D  {figures['lse_d']:.3f}   (SyncNet distance; lower is better)")
