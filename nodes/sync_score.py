@@ -51,7 +51,9 @@ class LatentSyncSyncScore:
 
     @classmethod
     def INPUT_TYPES(cls):
-        files = sorted(set(bridge.model_files(suffixes=(".model", ".pt", ".pth", ".safetensors"))) | {SYNCNET_V2_FILENAME})
+        # SyncNet v2 files only (syncnet_v2.model, or a renamed copy with "syncnet_v2" in its name)
+        files = sorted({n for n in bridge.model_files(suffixes=(".model", ".pt", ".pth", ".safetensors"))
+                        if n.endswith(".model") or "syncnet_v2" in n.rsplit("/", 1)[-1]} | {SYNCNET_V2_FILENAME})
         return {
             "required": {
                 "syncnet": (files, {"default": SYNCNET_V2_FILENAME,

@@ -164,3 +164,15 @@ def test_command_line_errors_are_one_line_before_work(tmp_path, capsys):
     assert cli.main(["score", str(clip), "--audio", SPEECH, "--models", str(tmp_path), "--no-download"]) == 1
     err = capsys.readouterr().err
     assert "auxiliary/syncnet_v2.model" in err and "--no-download" in err
+
+
+def test_node_lists_only_syncnet_v2_files(pack, comfy_base):
+    folder = comfy_base / "models" / "latentsync"
+    (folder / "auxiliary").mkdir(parents=True, exist_ok=True)
+    for name in ("auxiliary/my_syncnet_v2.pt", "some_unet.pt"):  # syncnet_v2.model is always offered
+        (folder / name).write_bytes(b"x")
+    choices = pack.NODE_CLASS_MAPPINGS["LatentSyncSyncScore"].INPUT_TYPES()["required"]["syncnet"][0]
+    assert "auxiliary/syncnet_v2.model" in choices and "auxiliary/my_syncnet_v2.pt" in choices
+    assert "some_unet.pt" not in choices
+    (folder / "some_unet.pt").unlink()
+    (folder / "auxiliary" / "my_syncnet_v2.pt").unlink()
