@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import os
 import sys
@@ -68,12 +69,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--audio", required=True, help="speech audio (wav, mp3, flac, m4a... or a video's audio track)")
     p.add_argument("--out", required=True, help="output video (.mp4, .mov or .mkv)")
     add_machine_flags(p, "latentsync/, vae/")
-    add_flags(p.add_argument_group("model"), [o for o in MODEL])
-    add_flags(p.add_argument_group("sampling"), SAMPLING)
-    add_flags(p.add_argument_group("face"), [o for o in FACE if o.flag])
-    add_flags(p.add_argument_group("audio and silence"), AUDIO)
-    add_flags(p.add_argument_group("paste-back"), PASTE)
-    add_flags(p.add_argument_group("output"), OUTPUT)
+    add_job_flags(p)
+    add_model_flags(p)
+    add_verbosity_flags(p)
+    return p
+
+
+def add_job_flags(p: argparse.ArgumentParser, note: str = "") -> None:
+    """Every option of a lip-sync job (sampling, face, audio and silence, paste-back, output) as flags,
+    grouped as the option table groups them (``note`` is added to each group's title)."""
+    for title, specs in (("sampling", SAMPLING), ("face", [o for o in FACE if o.flag]), ("audio and silence", AUDIO),
+                         ("paste-back", PASTE), ("output", OUTPUT)):
+        add_flags(p.add_argument_group(title + note), specs)
+
+
+def add_model_flags(p: argparse.ArgumentParser) -> None:
+    """The model options of the table (``--version --dtype --compile``), ``--no-download`` and the single-file
+    overrides (``--unet --unet-config --whisper --vae --vae-config``)."""
+    add_flags(p.add_argument_group("model"), list(MODEL))
     p.add_argument("--no-download", action="store_true", help="never download missing model files")
     adv = p.add_argument_group("model files (override the --models layout)")
     adv.add_argument("--unet", help="U-Net checkpoint (.pt / .safetensors)")
@@ -85,8 +98,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(vae-ft-mse-840000-ema-pruned, ComfyUI's models/vae files), or a diffusers folder",
     )
     adv.add_argument("--vae-config", help="VAE config.json (default: sd-vae-ft-mse)")
-    add_verbosity_flags(p)
-    return p
 
 
 def add_machine_flags(p: argparse.ArgumentParser, layout: str) -> None:
@@ -271,24 +282,29 @@ def resolve_models(args, wanted: dict[str, tuple[str | None, str]] | None = None
     return paths
 
 
-def run(args) -> str:
-    """Load the models, then run the streaming job (:func:`latentsync_core.stream.lip_sync_video`)."""
-    from .audio import load_audio_file, load_whisper
-    from .face import FaceAligner
-    from .stream import StreamSettings, lip_sync_video
+@dataclasses.dataclass
+class LoadedModels:
+    """The models of a lip-sync job, loaded once (a batch worker keeps them for every row)."""
+
+    whisper: torch.nn.Module
+    unet: torch.nn.Module
+    vae: object
+    resolution: int
+    device: torch.device
+    paths: dict[str, str]
+
+
+def load_models(args) -> LoadedModels:
+    """Resolve (download when allowed) and load the U-Net, whisper and VAE that ``args`` name
+    (``--models``, ``--unet`` ..., ``--version``, ``--dtype``, ``--compile``, ``--device``)."""
+    from .audio import load_whisper
     from .unet import load_unet
     from .unet.config import UNetConfig
     from .vae import load_vae
 
     device = pick_device(args.device)
     dtype = pick_dtype(args.dtype, device)
-    resolution = VERSIONS[args.version]
-    settings = getattr(args, "settings", None) or settings_from_flags(args, StreamSettings)
-    check_output_path(args.out, inputs=[args.video, args.audio])  # also when run() is called without main()
-    probe_video(args.video)  # a clear error before any model loads
-
     paths = resolve_models(args)
-    waveform, rate = load_audio_file(args.audio)
     whisper = load_whisper(paths["whisper"], device=device)
     check_version(args.version, paths["unet"])
     unet = load_unet(args.unet_config or UNetConfig(), paths["unet"], device=device, dtype=dtype)
@@ -297,16 +313,42 @@ def run(args) -> str:
 
         unet = compile_unet(unet)
     vae = load_vae(paths["vae"], args.vae_config, device=device, dtype=dtype)
-    aligner = FaceAligner(resolution, face=settings.face, max_gap=settings.max_gap, models_dir=args.models,
+    return LoadedModels(whisper, unet, vae, VERSIONS[args.version], device, paths)
+
+
+def lip_sync_file(models: LoadedModels, args, video: str, audio: str, out: str, settings: StreamSettings,
+                  progress=None, check_interrupt=None):
+    """One streaming job with loaded models: ``video`` lip-synced to ``audio`` into ``out`` (atomic).
+    Returns the :class:`~latentsync_core.stream.StreamReport`."""
+    from .audio import load_audio_file
+    from .face import FaceAligner
+    from .stream import lip_sync_video
+
+    waveform, rate = load_audio_file(audio)
+    aligner = FaceAligner(models.resolution, face=settings.face, max_gap=settings.max_gap, models_dir=args.models,
                           download=not args.no_download)
-    progress = StageBars(args.quiet, STAGE_UNITS)
     try:
-        report = lip_sync_video(
-            args.video, args.out, waveform, rate, unet=unet, vae=vae, whisper=whisper, settings=settings,
-            resolution=resolution, aligner=aligner, progress=progress,
+        return lip_sync_video(
+            video, out, waveform, rate, unet=models.unet, vae=models.vae, whisper=models.whisper, settings=settings,
+            resolution=models.resolution, aligner=aligner, progress=progress, check_interrupt=check_interrupt,
         )
     finally:
         aligner.close()
+
+
+def run(args) -> str:
+    """Load the models, then run the streaming job (:func:`latentsync_core.stream.lip_sync_video`)."""
+    from .audio import load_audio_file
+
+    settings = getattr(args, "settings", None) or settings_from_flags(args, StreamSettings)
+    check_output_path(args.out, inputs=[args.video, args.audio])  # also when run() is called without main()
+    probe_video(args.video)  # a clear error before any model loads
+    load_audio_file(args.audio, duration=0.01)  # a missing or silent-less file fails before the models load
+    models = load_models(args)
+    progress = StageBars(args.quiet, STAGE_UNITS)
+    try:
+        report = lip_sync_file(models, args, args.video, args.audio, args.out, settings, progress)
+    finally:
         progress.close()  # before the last lines: they are not glued to a bar
     log.info("wrote %s in %.1f s: %s", report.path, report.seconds, report.summary())
     return report.path
@@ -361,6 +403,10 @@ def main(argv=None) -> int:
         from .score_cli import main as score_main
 
         return score_main(argv[1:])
+    if argv[:1] == ["batch"]:
+        from .batch.command import main as batch_main
+
+        return batch_main(argv[1:])
     return logged(build_parser().parse_args(argv), _main)
 
 

@@ -169,6 +169,18 @@ class Option:
             return self.check(labels[value])
         return self.check(value)
 
+    def from_text(self, text: str) -> Any:
+        """A value written as on the command line (a manifest cell, an environment variable) -> the checked
+        core value: the flag's labels, else the option's type (raises :class:`OptionError`)."""
+        text = text.strip()
+        if (self._flag_labels() and self.kind is not str) or self.kind is str:
+            return self.from_flag(text)
+        try:
+            value = self.kind(text) if self.kind is not bool else {"true": True, "false": False}[text.lower()]
+        except (ValueError, KeyError):
+            raise OptionError(self, text, self.rule()) from None
+        return self.from_flag(value)
+
     # -- generated interfaces ---------------------------------------------------------------------------
     def input(self, **overrides) -> tuple:
         """The ComfyUI input spec: ``("INT", {...})``, ``("FLOAT", {...})`` or ``([labels], {...})``."""

@@ -206,9 +206,13 @@ def test_unreachable_or_missing_on_hub_is_model_missing(hub, monkeypatch, tmp_pa
 
 
 def test_model_table_and_manual_message():
-    assert set(download.MODEL_FILES) == {"unet-1.5", "unet-1.6", "whisper", "vae", "stable-syncnet", "videomae", "vgg16"}
+    assert set(download.MODEL_FILES) == {"unet-1.5", "unet-1.6", "whisper", "vae", "stable-syncnet", "videomae", "vgg16",
+                                         "syncnet-v2", "s3fd"}
     vgg = download.model_file("vgg16")  # training files keep the official checkpoints/ layout
     assert vgg.local_name == "auxiliary/vgg16-397923af.pth" and vgg.folder == "latentsync"
+    for kind, name in (("syncnet-v2", "auxiliary/syncnet_v2.model"), ("s3fd", "auxiliary/sfd_face.pth")):
+        spec = download.model_file(kind)  # the sync score's files, where the official eval finds them
+        assert spec.local_name == spec.filename == name and spec.repo_id == "ByteDance/LatentSync-1.5"
     vae = download.model_file("vae")
     assert vae.folder == "vae" and vae.repo_id == "stabilityai/sd-vae-ft-mse"
     text = download.manual_instructions(
