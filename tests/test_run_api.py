@@ -484,3 +484,54 @@ def test_ctrl_c_cancels_the_job_on_the_server(comfy_stand_in, inputs, capsys):
     with pytest.raises(KeyboardInterrupt):
         run_api.run(run_api.parse_args(_argv(server, wf, video, audio, out)), log=log)
     assert state.interrupts == [{"prompt_id": PROMPT_ID}]
+
+
+def test_batch_over_two_servers_reports_and_resumes(comfy_stand_in, inputs, capsys):
+    """--batch: rows spread over two servers, each row's files in its own folder, a missing input reported
+    while the others run; a rerun skips everything; a changed per-row setting reruns only that row."""
+    state_a, server_a = comfy_stand_in("success")
+    state_b, server_b = comfy_stand_in("success")
+    wf, video, audio, out = inputs
+    folder = wf.parent
+    manifest = folder / "rows.csv"
+
+    def write(seed_row2: int) -> None:
+        manifest.write_text(
+            "video,audio,out,LatentSyncSampler.seed\n"
+            f"in.mp4,speech.wav,first,1\nin.mp4,speech.wav,second,{seed_row2}\nnope.mp4,speech.wav,third,3\n"
+        )
+
+    write(2)
+    argv = [str(wf), "--batch", str(manifest), "--server", server_a, "--server", server_b, "--out-dir", str(out),
+            "--timeout", "20"]
+    assert run_api.main(argv) == 1  # the missing row failed
+    lines = {json.loads(x)["row"]: json.loads(x) for x in (out / "report.jsonl").read_text().splitlines()}
+    assert [lines[i]["status"] for i in (1, 2, 3)] == ["done", "done", "failed"]
+    assert "no such file" in lines[3]["error"] and "nope.mp4" in lines[3]["error"]
+    for name in ("first", "second"):
+        assert (out / name / "LatentSync_00001_.mp4").read_bytes() == VIDEO_BYTES
+    seeds = sorted(p["prompt"]["3"]["inputs"]["seed"] for p in state_a.prompts + state_b.prompts)
+    assert seeds == [1, 2]  # the per-row NODE.INPUT column reached the workflow
+    assert "2 done, 0 skipped, 1 failed" in capsys.readouterr().out
+
+    sent = len(state_a.prompts) + len(state_b.prompts)
+    assert run_api.main(argv) == 1
+    lines = {json.loads(x)["row"]: json.loads(x) for x in (out / "report.jsonl").read_text().splitlines()}
+    assert [lines[i]["status"] for i in (1, 2)] == ["skipped", "skipped"]
+    assert len(state_a.prompts) + len(state_b.prompts) == sent  # nothing queued again
+
+    write(5)
+    assert run_api.main(argv) == 1
+    lines = {json.loads(x)["row"]: json.loads(x) for x in (out / "report.jsonl").read_text().splitlines()}
+    assert [lines[i]["status"] for i in (1, 2)] == ["skipped", "done"]
+
+
+def test_batch_manifest_errors(inputs, capsys):
+    wf, _, _, out = inputs
+    bad = wf.parent / "bad.csv"
+    bad.write_text("video,audio,colour\nin.mp4,speech.wav,red\n")
+    assert run_api.main([str(wf), "--batch", str(bad), "--out-dir", str(out)]) == run_api.EXIT_INVALID
+    assert "unknown column(s) colour" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        run_api.main([str(wf), "--server", "a:1", "--server", "b:2"])
+    assert exit_.value.code == 2 and "several --server URLs need --batch" in capsys.readouterr().err

@@ -16,6 +16,15 @@ Works with workflows in ComfyUI's API format ("Export (API)" in the menu): a JSO
 ids to ``{"class_type", "inputs"}``. Other inputs can be set with ``--set NODE.INPUT=VALUE`` (NODE: a
 node id or a class type, e.g. ``--set LatentSyncSampler.steps=10``); each is checked against the
 graph (and the server's node definitions for inputs the graph leaves out) before anything is uploaded.
+
+Many clips: ``--batch MANIFEST`` (CSV with a header, or JSONL) runs the workflow once per row: columns
+``video``, ``audio``, optional ``out`` (the row's folder under ``--out-dir``; default ``<row>_<video stem>``)
+and ``NODE.INPUT`` columns (per-row ``--set``, e.g. ``LatentSyncSampler.seed``). Rows go to the ``--server``
+URLs (repeat the flag: one row at a time per server). As ``python -m latentsync_core batch``: a rerun skips
+rows done before with the same workflow, inputs and settings (state in ``OUT_DIR/.latentsync-batch/``), a
+failing row is reported and the others go on, ``OUT_DIR/report.jsonl`` gets a line per row and a summary is
+printed; exit 0 (all done or skipped), 1 (some failed), 130 (Ctrl-C: the rows in flight are cancelled on
+their servers).
 """
 
 from __future__ import annotations
@@ -413,7 +422,7 @@ def cancel(comfy: Comfy, prompt_id: str, log) -> None:
         log(f"could not cancel prompt {prompt_id} on the server ({err}); cancel it in ComfyUI's queue")
 
 
-def run(args, log=lambda s: print(s, file=sys.stderr)) -> list[str]:
+def run(args, log=lambda s: print(s, file=sys.stderr), quiet: bool = False, on_queued=None) -> list[str]:
     comfy = Comfy(args.server, timeout=args.http_timeout)
     prompt = load_workflow(args.workflow)
     client_id = uuid.uuid4().hex
@@ -447,6 +456,8 @@ def run(args, log=lambda s: print(s, file=sys.stderr)) -> list[str]:
             )
         prompt_id = reply["prompt_id"]
         log(f"queued prompt {prompt_id}")
+        if on_queued is not None:
+            on_queued(prompt_id)
         follow(ws, comfy, prompt_id, deadline, log)
         entry = None
         while entry is None:  # the history entry is written just after the last websocket message
@@ -483,9 +494,162 @@ def run(args, log=lambda s: print(s, file=sys.stderr)) -> list[str]:
                     saved.append(comfy.download(item, args.out_dir))
     if not saved:
         log("the workflow finished but saved no files")
-    for path in saved:
-        print(path)
+    if not quiet:
+        for path in saved:
+            print(path)
     return saved
+
+
+# --------------------------------------------------------------------------------------------- batch
+BATCH_STATE = ".latentsync-batch"
+
+
+def read_manifest(path: str) -> list[dict]:
+    """Rows of a CSV (header line) or JSONL manifest."""
+    import csv
+
+    if not os.path.isfile(path):
+        raise ClientError(f"--batch {path}: no such file", EXIT_INVALID)
+    with open(path, encoding="utf-8-sig", newline="") as fh:
+        if path.lower().endswith((".jsonl", ".json", ".ndjson")):
+            try:
+                rows = [json.loads(line) for line in fh if line.strip()]
+            except json.JSONDecodeError as err:
+                raise ClientError(f"--batch {path}: not JSON lines ({err})", EXIT_INVALID) from None
+        else:
+            rows = [dict(r) for r in csv.DictReader(fh)]
+    if not rows or not all(isinstance(r, dict) for r in rows):
+        raise ClientError(f"--batch {path}: no rows (objects with video and audio)", EXIT_INVALID)
+    unknown = sorted({k for r in rows for k in r if k not in ("video", "audio", "out") and "." not in k})
+    if unknown:
+        raise ClientError(f"--batch {path}: unknown column(s) {', '.join(unknown)} (video, audio, out, NODE.INPUT)",
+                          EXIT_INVALID)
+    return rows
+
+
+def _file_id(path: str) -> list:
+    st = os.stat(path)
+    return [os.path.abspath(path), st.st_size, st.st_mtime_ns]
+
+
+def plan_batch(args, rows: list[dict]) -> list[dict]:
+    """One job per row: its files, ``--set`` list, output folder and settings key (``error`` when unusable)."""
+    folder = os.path.dirname(os.path.abspath(args.batch))
+    with open(args.workflow, "rb") as fh:
+        workflow_hash = hashlib.sha256(fh.read()).hexdigest()
+    jobs, names = [], set()
+    for index, row in enumerate(rows, 1):
+        paths = {k: os.path.join(folder, str(row.get(k) or "").strip()) if row.get(k) else "" for k in ("video", "audio")}
+        stem = os.path.splitext(os.path.basename(paths["video"]))[0] or "row"
+        name = str(row.get("out") or "").strip() or f"{index:04d}_{stem}"
+        if name in names:
+            raise ClientError(f"--batch: two rows write to {name}; give them different 'out' names", EXIT_INVALID)
+        names.add(name)
+        sets = [*(args.set or []), *(f"{k}={v}" for k, v in row.items() if "." in k and str(v).strip() != "")]
+        job = {"row": index, **paths, "set": sets, "out": os.path.join(args.out_dir, name), "name": name}
+        missing = [f"{k} {p or '(empty)'}" for k, p in paths.items() if not p or not os.path.isfile(p)]
+        if missing:
+            job["error"] = f"no such file: {', '.join(missing)}"
+        else:
+            key = [workflow_hash, _file_id(paths["video"]), _file_id(paths["audio"]), sets]
+            job["key"] = hashlib.sha256(json.dumps(key).encode()).hexdigest()
+        jobs.append(job)
+    return jobs
+
+
+def _state_path(args, job: dict) -> str:
+    return os.path.join(args.out_dir, BATCH_STATE, job["name"] + ".json")
+
+
+def _is_done(args, job: dict) -> bool:
+    try:
+        with open(_state_path(args, job), encoding="utf-8") as fh:
+            state = json.load(fh)
+    except (OSError, ValueError):
+        return False
+    return state.get("key") == job["key"] and all(os.path.isfile(p) for p in state.get("files", []))
+
+
+def _record(args, job: dict, files: list[str]) -> None:
+    path = _state_path(args, job)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w", encoding="utf-8") as fh:
+        json.dump({"key": job["key"], "files": files}, fh)
+    os.replace(path + ".tmp", path)
+
+
+def run_batch(args, log=lambda s: print(s, file=sys.stderr)) -> int:
+    """Every row of ``args.batch`` through the workflow, rows spread over the ``--server`` URLs."""
+    import queue
+    import threading
+
+    jobs = plan_batch(args, read_manifest(args.batch))
+    os.makedirs(args.out_dir, exist_ok=True)
+    lines: list[dict] = []
+    lock, stop = threading.Lock(), threading.Event()
+    in_flight: dict[str, str] = {}  # server -> prompt id of its running row
+    todo: queue.Queue = queue.Queue()
+    report = open(os.path.join(args.out_dir, "report.jsonl"), "w", encoding="utf-8")  # noqa: SIM115
+
+    def add(line: dict) -> None:
+        with lock:
+            if report.closed:
+                return
+            lines.append(line)
+            report.write(json.dumps(line) + "\n")
+            report.flush()
+
+    for job in jobs:
+        base = {"row": job["row"], "video": job["video"], "audio": job["audio"], "out": job["out"]}
+        if "error" in job:
+            add({**base, "status": "failed", "error": job["error"]})
+        elif _is_done(args, job):
+            add({**base, "status": "skipped", "reason": "done before with the same settings"})
+        else:
+            todo.put((job, base))
+
+    def serve(server: str) -> None:
+        while not stop.is_set():
+            try:
+                job, base = todo.get_nowait()
+            except queue.Empty:
+                return
+            row_args = argparse.Namespace(**{**vars(args), "server": server, "video": job["video"],
+                                             "audio": job["audio"], "set": job["set"], "out_dir": job["out"]})
+            t0 = time.monotonic()
+            try:
+                files = run(row_args, log=lambda s, r=job["row"]: log(f"[row {r} @ {server}] {s}"), quiet=True,
+                            on_queued=lambda pid: in_flight.__setitem__(server, pid))
+            except (ClientError, OSError, ValueError) as err:  # this row failed: report it, go on with the others
+                add({**base, "status": "failed", "error": str(err), "server": server,
+                     "seconds": round(time.monotonic() - t0, 3)})
+                continue
+            finally:
+                in_flight.pop(server, None)
+            _record(args, job, files)
+            add({**base, "status": "done", "files": files, "server": server, "seconds": round(time.monotonic() - t0, 3)})
+
+    servers = args.server or ["127.0.0.1:8188"]
+    threads = [threading.Thread(target=serve, args=(s,), daemon=True) for s in servers]
+    for t in threads:
+        t.start()
+    finished = threading.Event()
+    waiter = threading.Thread(target=lambda: ([t.join() for t in threads], finished.set()), daemon=True)
+    waiter.start()
+    try:
+        while not finished.wait(0.2):
+            pass
+    except KeyboardInterrupt:
+        stop.set()  # no new rows, and the rows in flight are cancelled on their servers
+        for server, prompt_id in list(in_flight.items()):
+            cancel(Comfy(server, timeout=CANCEL_TIMEOUT), prompt_id, log)
+        with lock:
+            report.close()
+        raise
+    report.close()
+    counts = {s: sum(1 for line in lines if line["status"] == s) for s in ("done", "skipped", "failed")}
+    print(", ".join(f"{n} {s}" for s, n in counts.items()))
+    return EXIT_EXECUTION if counts["failed"] else 0
 
 
 def parse_args(argv=None):
@@ -493,7 +657,10 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("workflow", help="workflow in API format (e.g. workflows/api/latentsync_basic.json)")
-    p.add_argument("--server", default="127.0.0.1:8188", help="ComfyUI address (default 127.0.0.1:8188)")
+    p.add_argument("--server", action="append",
+                   help="ComfyUI address (default 127.0.0.1:8188); with --batch repeat it to spread rows over servers")
+    p.add_argument("--batch", metavar="MANIFEST",
+                   help="run the workflow for every row of a CSV/JSONL manifest (video, audio, out, NODE.INPUT)")
     p.add_argument("--video", help="video file to upload into the workflow's video loader")
     p.add_argument("--audio", help="audio file to upload into the workflow's audio loader")
     p.add_argument("--out-dir", default=".", help="folder for the downloaded results (default: current folder)")
@@ -506,12 +673,19 @@ def parse_args(argv=None):
     p.add_argument("--timeout", type=float, default=6 * 3600, help="give up after this many seconds (default 6 h)")
     p.add_argument("--http-timeout", type=float, default=120.0, help=argparse.SUPPRESS)
     p.add_argument("--temp", action="store_true", help="also download preview files (type 'temp')")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.batch is None:
+        if args.server and len(args.server) > 1:
+            p.error("several --server URLs need --batch")
+        args.server = (args.server or ["127.0.0.1:8188"])[0]
+    return args
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        if args.batch is not None:
+            return run_batch(args)
         run(args)
     except ClientError as err:
         print(f"error: {err}", file=sys.stderr)
