@@ -158,3 +158,22 @@ def test_usage_errors_come_before_any_model(inputs, tmp_path, capsys):
     assert cli.main(["batch", str(inputs / "m.csv"), str(tmp_path / "f"), *BASE]) == 2
     assert "is a file" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()  # nothing was run or written
+
+
+def test_score_adds_the_sync_score_of_each_output(tmp_path, syncnet_file, capsys):
+    """--score: each done row's report line carries the score command's figures for its output."""
+    make_face_clip(tmp_path / "long.mp4", 30)
+    _write_wav(tmp_path / "long.wav", 1.2)
+    (tmp_path / "m.jsonl").write_text(json.dumps({"video": "long.mp4", "audio": "long.wav", "out": "o.mp4"}) + "\n")
+    out = tmp_path / "out"
+    argv = ["batch", str(tmp_path / "m.jsonl"), str(out), *BASE, "--score", "--syncnet", str(syncnet_file),
+            "--crops", "landmarks"]
+    assert cli.main(argv) == 0
+    line = _report(out)[1]
+    assert line["status"] == "done" and line["crops"] == "landmarks"
+    capsys.readouterr()
+    assert cli.main(["score", str(out / "o.mp4"), "--syncnet", str(syncnet_file), "--crops", "landmarks", "--json",
+                     "-q", "--no-download"]) == 0
+    figures = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (line["lse_c"], line["lse_d"], line["offset_frames"]) == pytest.approx(
+        (figures["lse_c"], figures["lse_d"], figures["offset_frames"]), abs=1e-6)

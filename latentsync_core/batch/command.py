@@ -36,7 +36,7 @@ from ..cli import (
     resolve_models,
 )
 from ..errors import LatentSyncError
-from ..options import OptionError, StreamSettings, settings_from_flags
+from ..options import SCORE, OptionError, ScoreOptions, StreamSettings, add_flags, settings_from_flags
 from .manifest import load_manifest
 from .plan import REPORT, is_done, model_identity, row_key
 
@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=0,
                    help="workers (each loads the models once); default: one per GPU, or 1 on the CPU")
     add_machine_flags(p, "latentsync/, vae/")
+    p.add_argument("--score", action="store_true",
+                   help="also score every output's lip sync (LSE-C, LSE-D, offset; needs the sync extra)")
+    p.add_argument("--syncnet", help="--score: SyncNet v2 weights (syncnet_v2.model); default: the --models layout")
+    add_flags(p.add_argument_group("sync score (--score)"), [o for o in SCORE if o.name == "crops"])
     add_job_flags(p, " (defaults of every row)")
     add_model_flags(p)
     add_verbosity_flags(p)
@@ -68,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _validate(args) -> StreamSettings:
     try:
         settings = settings_from_flags(args, StreamSettings)
+        args.crops = settings_from_flags(args, ScoreOptions).crops
     except OptionError as exc:
         raise UsageError(exc.for_flag(raw_flag(args, exc.option.name))) from None
     if args.workers < 0:
@@ -119,6 +124,11 @@ def run(args, settings: StreamSettings) -> int:
     os.makedirs(out_dir, exist_ok=True)
     runnable = [r for r in rows if r.error is None]
     identity = model_identity(resolve_models(args), args) if runnable else {}  # downloads once, here
+    if args.score and runnable:
+        from ..sync_score import _syncnet_python
+
+        _syncnet_python()  # the sync extra is there (a clear message now, not after the first clip)
+        resolve_models(args, {"syncnet": (args.syncnet, "syncnet-v2")})
     report = Report(out_dir, len(rows), args.quiet)
     t0 = time.perf_counter()
     try:

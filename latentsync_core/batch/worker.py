@@ -35,6 +35,7 @@ class Worker:
         self.name = f"{name}@{socket.gethostname()}"
         self.models = load_models(self.args)
         self.stop = False
+        self.scorer = _Scorer(self.args, self.models.device) if getattr(self.args, "score", False) else None
 
     def _check_interrupt(self) -> None:
         if self.stop:
@@ -63,5 +64,42 @@ class Worker:
         seconds = time.perf_counter() - t0
         line = {**base, "status": "done", "frames": report.num_frames, "seconds": round(seconds, 3),
                 "fps": round(report.num_frames / max(seconds, 1e-9), 3), "summary": report.summary()}
+        if self.scorer is not None:
+            line.update(self.scorer.score(row.out))
         record_done(row, key, out_dir, line)
         return line
+
+
+class _Scorer:
+    """``--score``: the sync score of every output (the ``score`` command's crops rule and figures)."""
+
+    def __init__(self, args: argparse.Namespace, device):
+        from ..cli import resolve_models
+        from ..constants import MODEL_FOLDER
+        from ..download import find_model_file
+        from ..sync_s3fd import load_s3fd, use_s3fd
+        from ..sync_score import load_syncnet_v2
+
+        present = find_model_file("s3fd", [os.path.join(args.models, MODEL_FOLDER)])
+        wanted = {"syncnet": (args.syncnet, "syncnet-v2")}
+        if use_s3fd(args.crops, bool(present)):
+            wanted["s3fd"] = (None, "s3fd")
+        paths = resolve_models(args, wanted)
+        self.args, self.model = args, load_syncnet_v2(paths["syncnet"], device)
+        self.detector = load_s3fd(paths["s3fd"], device) if "s3fd" in paths else None
+
+    def score(self, video: str) -> dict[str, Any]:
+        from ..face import FaceAligner
+        from ..sync_video import score_video
+
+        aligner = None if self.detector is not None else FaceAligner(models_dir=self.args.models,
+                                                                     download=not self.args.no_download)
+        try:
+            result = score_video(self.model, video, aligner, detector=self.detector)
+        except LatentSyncError as exc:
+            return {"score_error": str(exc)}
+        finally:
+            if aligner is not None:
+                aligner.close()
+        return {"lse_c": result.score.lse_c, "lse_d": result.score.lse_d, "offset_frames": result.score.offset,
+                "crops": result.crop_path}
