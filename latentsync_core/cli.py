@@ -428,19 +428,26 @@ def logged(args, command) -> int:
             root.setLevel(old_level)
 
 
-def _main(args) -> int:
+def run_command(args, validate, work, show, usage_errors: tuple[type, ...] = ()) -> int:
+    """The exit-status rules of every command: ``validate(args)`` (a :class:`LatentSyncError`: exit 2, nothing
+    done), ``work(args)`` (``usage_errors`` found while working: 2; another LatentSyncError: 1; Ctrl-C: 130),
+    then ``show(result)`` (its int, or 0). Errors are one line on stderr."""
     try:
-        validate_args(args)
+        validate(args)
     except LatentSyncError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        out = run(args)
+        result = work(args)
     except LatentSyncError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_RUNTIME
+        return EXIT_USAGE if isinstance(exc, usage_errors) else EXIT_RUNTIME
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(out)
-    return 0
+    code = show(result)
+    return 0 if code is None else code
+
+
+def _main(args) -> int:
+    return run_command(args, validate_args, run, print)

@@ -17,12 +17,8 @@ import argparse
 import json
 import logging
 import os
-import sys
 
 from .cli import (
-    EXIT_INTERRUPTED,
-    EXIT_RUNTIME,
-    EXIT_USAGE,
     StageBars,
     UsageError,
     add_machine_flags,
@@ -31,9 +27,9 @@ from .cli import (
     pick_device,
     raw_flag,
     resolve_models,
+    run_command,
 )
 from .constants import MODEL_FOLDER
-from .errors import LatentSyncError
 from .options import FACE, SCORE, FaceOptions, OptionError, ScoreOptions, add_flags, settings_from_flags
 
 log = logging.getLogger("latentsync_core.score")
@@ -140,22 +136,9 @@ def _run_fast(args, device, audio) -> dict:
     return {**result.as_dict(), "summary": result.summary()}
 
 
-def _main(args) -> int:
-    try:
-        validate(args)
-    except LatentSyncError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        figures = run(args)
-    except LatentSyncError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_RUNTIME
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    if args.json:
-        print(json.dumps(figures))
+def _show(figures: dict) -> None:
+    if figures.get("json"):
+        print(json.dumps({k: v for k, v in figures.items() if k != "json"}))
     elif figures.get("scorer") == "fast":
         print(figures["summary"])
     else:
@@ -163,7 +146,10 @@ def _main(args) -> int:
         print(f"LSE-D  {figures['lse_d']:.3f}   (SyncNet distance; lower is better)")
         print(f"offset {figures['offset_frames']:+d} frames ({figures['offset_ms']:+.0f} ms; + = the sound comes early)")
         print(f"crops  {figures['crop_path']} ({len(figures['tracks'])} face track(s), {figures['frames']} frames at 25 fps)")
-    return 0
+
+
+def _main(args) -> int:
+    return run_command(args, validate, lambda a: {**run(a), "json": a.json}, _show)
 
 
 def main(argv=None) -> int:

@@ -90,18 +90,14 @@ def _require_sync_packages() -> None:
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory) -> Path:
-    """``syncnet_v2.model`` as README.md says to make it: a plain float32 state dict."""
-    _require_sync_packages()
-    path = tmp_path_factory.mktemp("syncnet") / "syncnet_v2.model"
-    with np.load(GOLDEN / "syncnet_v2_random.npz") as weights:
-        torch.save({k: torch.from_numpy(weights[k]).float() for k in weights.files}, path)
-    return path
+def model_file(syncnet_file) -> Path:
+    """``syncnet_v2.model`` as README.md says to make it: a plain float32 state dict (conftest's syncnet_file)."""
+    return syncnet_file
 
 
 @pytest.fixture(scope="module")
-def model(model_file):
-    return ss.load_syncnet_v2(model_file)
+def model(syncnet):
+    return syncnet
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,10 @@ import argparse
 import json
 import logging
 import os
-import sys
 import time
 
 from ..cli import (
-    EXIT_INTERRUPTED,
     EXIT_RUNTIME,
-    EXIT_USAGE,
     UsageError,
     add_job_flags,
     add_machine_flags,
@@ -34,8 +31,8 @@ from ..cli import (
     progress_bar,
     raw_flag,
     resolve_models,
+    run_command,
 )
-from ..errors import LatentSyncError
 from ..options import SCORE, OptionError, ScoreOptions, StreamSettings, add_flags, settings_from_flags
 from .manifest import load_manifest
 from .plan import REPORT, is_done, model_identity, row_key
@@ -160,24 +157,15 @@ def run(args, settings: StreamSettings) -> int:
 
 
 def _main(args) -> int:
-    try:
-        settings = _validate(args)
-    except LatentSyncError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        return run(args, settings)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except LatentSyncError as exc:
-        from .manifest import ManifestError
+    from .manifest import ManifestError
 
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, ManifestError) else EXIT_RUNTIME
-    except KeyboardInterrupt:
-        print("interrupted: rerun the same command to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    holder = {}
+
+    def validate(a) -> None:
+        holder["settings"] = _validate(a)
+
+    return run_command(args, validate, lambda a: run(a, holder["settings"]), lambda code: code,
+                       usage_errors=(UsageError, ManifestError))
 
 
 def main(argv=None) -> int:
