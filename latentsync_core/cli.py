@@ -407,6 +407,10 @@ def main(argv=None) -> int:
         from .batch.command import main as batch_main
 
         return batch_main(argv[1:])
+    if argv[:1] == ["prepare"]:
+        from .train.commands import prepare_main
+
+        return prepare_main(argv[1:])
     return logged(build_parser().parse_args(argv), _main)
 
 

@@ -365,8 +365,17 @@ SCORE = (  # the sync score (``score`` command, LatentSync Sync Score node)
                 "s3fd when its weights are present"),
 )
 
+PREPARE = (  # training data (``prepare`` command)
+    Option("max_seconds", float, 10.0,
+           "Longest training segment in seconds (the official pipeline cuts clips into 5-10 s segments).",
+           minimum=2.0, maximum=60.0, step=0.5, widget=""),  # no node prepares data yet
+    Option("min_seconds", float, 5.0,
+           "A clip's last piece shorter than this joins the segment before it (pieces under 48 frames are "
+           "never kept).", minimum=1.92, maximum=30.0, step=0.5, widget=""),
+)
+
 GROUPS = {"face": FACE, "sampling": SAMPLING, "paste": PASTE, "audio": AUDIO, "output": OUTPUT, "model": MODEL,
-          "score": SCORE}
+          "score": SCORE, "prepare": PREPARE}
 OPTIONS: dict[str, Option] = {o.name: o for group in GROUPS.values() for o in group}
 assert len(OPTIONS) == sum(len(g) for g in GROUPS.values()), "an option name is used twice"
 
@@ -460,6 +469,7 @@ AudioOptions = option_group("AudioOptions", AUDIO, doc="Whisper windowing and si
 OutputOptions = option_group("OutputOptions", OUTPUT, doc="The encoded output file.")
 ModelOptions = option_group("ModelOptions", MODEL, doc="Which model and at which precision.")
 ScoreOptions = option_group("ScoreOptions", SCORE, doc="How the sync score finds its face crops.")
+PrepareOptions = option_group("PrepareOptions", PREPARE, doc="How clips are cut into training segments.")
 
 # settings of the streaming job that are plumbing, not user options (no widget, no flag)
 SEGMENT_FRAMES = 4 * CHUNK_FRAMES  # frames with a face sampled per segment (bounded host memory)
@@ -546,7 +556,7 @@ def unknown_fields(cls, names: Iterable[str]) -> list[str]:
 
 __all__ = [
     "AUDIO", "FACE", "GROUPS", "MODEL", "OPTIONS", "OUTPUT", "PASTE", "SAMPLING", "AudioOptions", "FaceOptions",
-    "ModelOptions", "Option", "OptionError", "OutputOptions", "PasteOptions", "SamplingOptions", "SCORE", "ScoreOptions", "StreamSettings",
+    "ModelOptions", "Option", "OptionError", "OutputOptions", "PasteOptions", "SamplingOptions", "PREPARE", "PrepareOptions", "SCORE", "ScoreOptions", "StreamSettings",
     "add_flags", "check_face", "defaults", "face_from_widgets", "face_inputs", "from_widgets", "group_options",
     "node_inputs", "option",
     "option_field", "option_group", "settings_from_flags", "MISSING",
