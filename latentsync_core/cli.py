@@ -88,16 +88,22 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     overrides (``--unet --unet-config --whisper --vae --vae-config``)."""
     add_flags(p.add_argument_group("model"), list(MODEL))
     p.add_argument("--no-download", action="store_true", help="never download missing model files")
-    adv = p.add_argument_group("model files (override the --models layout)")
-    adv.add_argument("--unet", help="U-Net checkpoint (.pt / .safetensors)")
+    adv = add_model_file_flag(p)
     adv.add_argument("--unet-config", help="U-Net config (.json / .yaml); default: the released model")
     adv.add_argument("--whisper", help="whisper tiny checkpoint (tiny.pt) or Hugging Face folder")
+
+
+def add_model_file_flag(p: argparse.ArgumentParser):
+    """``--unet``, ``--vae`` and ``--vae-config`` (single files instead of the --models layout); returns the group."""
+    adv = p.add_argument_group("model files (override the --models layout)")
+    adv.add_argument("--unet", help="U-Net checkpoint (.pt / .safetensors)")
     adv.add_argument(
         "--vae",
         help="VAE weights .safetensors/.pt: diffusers AutoencoderKL or original SD layout "
         "(vae-ft-mse-840000-ema-pruned, ComfyUI's models/vae files), or a diffusers folder",
     )
     adv.add_argument("--vae-config", help="VAE config.json (default: sd-vae-ft-mse)")
+    return adv
 
 
 def add_machine_flags(p: argparse.ArgumentParser, layout: str) -> None:
@@ -411,6 +417,10 @@ def main(argv=None) -> int:
         from .train.commands import prepare_main
 
         return prepare_main(argv[1:])
+    if argv[:1] == ["train"]:
+        from .train.commands import train_main
+
+        return train_main(argv[1:])
     return logged(build_parser().parse_args(argv), _main)
 
 

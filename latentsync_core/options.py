@@ -374,8 +374,35 @@ PREPARE = (  # training data (``prepare`` command)
            "never kept).", minimum=1.92, maximum=30.0, step=0.5, widget=""),
 )
 
+TRAIN_PRESETS = ("lora", "stage2_efficient", "stage2")
+TRAIN_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+TRAIN = (  # fine-tuning (``train`` command); a None weight keeps the preset's
+    Option("preset", str, TRAIN_PRESETS[0],
+           "lora: LoRA adapters (rank --rank) on the attention layers, stage2_efficient's losses (no TREPA); "
+           "stage2_efficient / stage2: the official trainable sets and losses.", choices=TRAIN_PRESETS, widget=""),
+    Option("train_steps", int, 1000, "Training steps (the run's total; a resumed run goes on to it).",
+           minimum=1, maximum=10_000_000, flag="--steps", widget=""),
+    Option("learning_rate", float, 1e-4, "AdamW learning rate (official full fine-tuning: 1e-5; LoRA: 1e-4).",
+           minimum=1e-8, maximum=1.0, flag="--lr", widget=""),
+    Option("batch_size", int, 1, "Samples per step (16-frame windows); official: 4 per GPU.",
+           minimum=1, maximum=64, widget=""),
+    Option("lora_rank", int, 16, "LoRA rank (preset lora).", minimum=1, maximum=256, flag="--rank", widget=""),
+    Option("save_every", int, 500, "Save a checkpoint (and the LoRA file) every N steps, and at the end.",
+           minimum=1, maximum=10_000_000, widget=""),
+    Option("train_seed", int, 1247, "Seed of the data draws and of the step's noise (the official 1247).",
+           minimum=0, maximum=2**31 - 1, flag="--seed", widget=""),
+    Option("precision", str, "auto", "fp32; bf16 / fp16 mixed precision (fp32 trainable weights); auto: bf16 on "
+           "GPUs that support it, fp32 on the CPU.", choices=TRAIN_PRECISIONS, widget=""),
+    Option("sync_weight", float, None, "SyncNet loss weight (0 = no SyncNet; -1 = the preset's, 0.05).",
+           minimum=0.0, maximum=100.0, unset=(-1.0, None), widget=""),
+    Option("lpips_weight", float, None, "LPIPS loss weight (0 = no VGG16; -1 = the preset's, 0.1).",
+           minimum=0.0, maximum=100.0, unset=(-1.0, None), widget=""),
+    Option("trepa_weight", float, None, "TREPA loss weight (0 = no VideoMAE; -1 = the preset's).",
+           minimum=0.0, maximum=100.0, unset=(-1.0, None), widget=""),
+)
+
 GROUPS = {"face": FACE, "sampling": SAMPLING, "paste": PASTE, "audio": AUDIO, "output": OUTPUT, "model": MODEL,
-          "score": SCORE, "prepare": PREPARE}
+          "score": SCORE, "prepare": PREPARE, "train": TRAIN}
 OPTIONS: dict[str, Option] = {o.name: o for group in GROUPS.values() for o in group}
 assert len(OPTIONS) == sum(len(g) for g in GROUPS.values()), "an option name is used twice"
 
@@ -470,6 +497,7 @@ OutputOptions = option_group("OutputOptions", OUTPUT, doc="The encoded output fi
 ModelOptions = option_group("ModelOptions", MODEL, doc="Which model and at which precision.")
 ScoreOptions = option_group("ScoreOptions", SCORE, doc="How the sync score finds its face crops.")
 PrepareOptions = option_group("PrepareOptions", PREPARE, doc="How clips are cut into training segments.")
+TrainOptions = option_group("TrainOptions", TRAIN, doc="A fine-tuning run.")
 
 # settings of the streaming job that are plumbing, not user options (no widget, no flag)
 SEGMENT_FRAMES = 4 * CHUNK_FRAMES  # frames with a face sampled per segment (bounded host memory)
@@ -556,7 +584,7 @@ def unknown_fields(cls, names: Iterable[str]) -> list[str]:
 
 __all__ = [
     "AUDIO", "FACE", "GROUPS", "MODEL", "OPTIONS", "OUTPUT", "PASTE", "SAMPLING", "AudioOptions", "FaceOptions",
-    "ModelOptions", "Option", "OptionError", "OutputOptions", "PasteOptions", "SamplingOptions", "PREPARE", "PrepareOptions", "SCORE", "ScoreOptions", "StreamSettings",
+    "ModelOptions", "Option", "OptionError", "OutputOptions", "PasteOptions", "SamplingOptions", "PREPARE", "PrepareOptions", "TRAIN", "TrainOptions", "SCORE", "ScoreOptions", "StreamSettings",
     "add_flags", "check_face", "defaults", "face_from_widgets", "face_inputs", "from_widgets", "group_options",
     "node_inputs", "option",
     "option_field", "option_group", "settings_from_flags", "MISSING",

@@ -5,21 +5,16 @@ sampling follows the official UNetDataset rules; bad folders fail with a clear m
 from __future__ import annotations
 
 import json
-import os
 import random
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from train_golden import GOLDEN, build_dataset
 
-from latentsync_core.audio import audio_features, load_audio_file, load_whisper
-from latentsync_core.audio.syncnet_mel import melspectrogram
 from latentsync_core.train.dataset import DatasetError, TrainDataset, append_manifest, write_segment
 
-GOLDEN = Path(os.environ.get("LATENTSYNC_GOLDEN_TRAIN") or Path(__file__).parent / "fixtures" / "train")
-FIX = Path(__file__).parent / "fixtures"
-CLIP_AUDIO = {"data/clip0.mp4": "en", "data/clip1.mp4": "cmn"}  # the golden README's clips
 TOL_ROWS = 5e-5  # whisper features, float32 re-run: 1e-5 measured
 TOL_MEL = 1e-6
 
@@ -31,19 +26,9 @@ def batch():
 
 
 @pytest.fixture(scope="module")
-def dataset(batch, tmp_path_factory) -> tuple[Path, dict[str, int]]:
-    """The batch's two clips as a dataset folder: faces by ``video_face_map``, whisper features and mel of
-    their audio (made by the library as ``prepare`` makes them)."""
+def dataset(tmp_path_factory) -> tuple[Path, dict[str, int]]:
     folder = tmp_path_factory.mktemp("dataset")
-    whisper = load_whisper(FIX / "audio" / "whisper_tiny_encoder.pt")
-    index = {}
-    for c, clip in enumerate(batch["video_names"]):
-        wave, rate = load_audio_file(FIX / "audio" / f"{CLIP_AUDIO[str(clip)]}.flac")
-        features = audio_features(whisper, wave, rate, mode="official").numpy()
-        faces = batch["faces"][batch["video_face_map"][c]]
-        append_manifest(str(folder), write_segment(str(folder), f"clip{c}", faces, features, melspectrogram(wave[0].numpy())))
-        index[str(clip)] = c
-    return folder, index
+    return folder, build_dataset(folder)
 
 
 @pytest.mark.parametrize("prefix", ["", "step2/"], ids=["step1", "step2"])

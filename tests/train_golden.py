@@ -131,3 +131,29 @@ def rel(a, g) -> float:
 
 def max_abs(a: torch.Tensor, g) -> float:
     return float((a.detach().double() - torch.as_tensor(g, dtype=torch.float64)).abs().max())
+
+
+CLIP_AUDIO = {"data/clip0.mp4": "en", "data/clip1.mp4": "cmn"}  # the golden README's clips
+
+
+def build_dataset(folder) -> dict[str, int]:
+    """The golden batch's two clips as a prepared dataset folder (faces by ``video_face_map``, whisper
+    features and SyncNet mel of their audio, made by the library as ``prepare`` makes them); returns
+    clip name -> segment index."""
+    import numpy as np
+
+    from latentsync_core.audio import audio_features, load_audio_file, load_whisper
+    from latentsync_core.audio.syncnet_mel import melspectrogram
+    from latentsync_core.train.dataset import append_manifest, write_segment
+
+    with np.load(GOLDEN / "batch.npz") as z:
+        faces, face_map, names = z["faces"], z["video_face_map"], z["video_names"]
+    whisper = load_whisper(FIX / "audio" / "whisper_tiny_encoder.pt")
+    index = {}
+    for c, clip in enumerate(names):
+        wave, rate = load_audio_file(FIX / "audio" / f"{CLIP_AUDIO[str(clip)]}.flac")
+        features = audio_features(whisper, wave, rate, mode="official").numpy()
+        line = write_segment(str(folder), f"clip{c}", faces[face_map[c]], features, melspectrogram(wave[0].numpy()))
+        append_manifest(str(folder), line)
+        index[str(clip)] = c
+    return index

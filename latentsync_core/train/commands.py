@@ -12,11 +12,13 @@ from ..cli import (
     add_verbosity_flags,
     logged,
     pick_device,
+    progress_bar,
     raw_flag,
     resolve_models,
     run_command,
 )
-from ..options import FACE, PREPARE, OptionError, PrepareOptions, add_flags, settings_from_flags
+from ..errors import LatentSyncError
+from ..options import FACE, PREPARE, TRAIN, OptionError, PrepareOptions, add_flags, settings_from_flags
 
 
 def build_prepare_parser() -> argparse.ArgumentParser:
@@ -83,3 +85,119 @@ def _show_prepare(counts: dict) -> int:
 def prepare_main(argv=None) -> int:
     return logged(build_prepare_parser().parse_args(argv),
                   lambda args: run_command(args, _validate_prepare, _prepare, _show_prepare))
+
+
+# ---------------------------------------------------------------------------------------------- train
+PRESET_CONFIGS = {"lora": "stage2_efficient", "stage2_efficient": "stage2_efficient", "stage2": "stage2"}
+
+
+def build_train_parser() -> argparse.ArgumentParser:
+    from ..cli import add_model_file_flag
+
+    p = argparse.ArgumentParser(
+        prog="python -m latentsync_core train",
+        description="Fine-tune LatentSync on a prepared dataset (python -m latentsync_core prepare): a LoRA or the "
+                    "official stage-2 trainable sets; logs, loss curve, checkpoints, exact --resume.",
+    )
+    p.add_argument("dataset_dir", help="a dataset folder made by `prepare`")
+    p.add_argument("run_dir", help="the run's folder: log.jsonl, loss.png, checkpoint-*/, lora_*.safetensors")
+    add_machine_flags(p, "latentsync/latentsync_unet.pt, vae/, the judges under latentsync/")
+    add_flags(p.add_argument_group("training"), TRAIN)
+    p.add_argument("--resume", action="store_true", help="continue the run in RUN_DIR from its last checkpoint")
+    p.add_argument("--config", help="an official-format training yaml instead of the preset's (its model and loss "
+                                    "sections; the flags above override it)")
+    add_model_file_flag(p)
+    p.add_argument("--no-download", action="store_true", help="never download missing model files")
+    add_verbosity_flags(p)
+    return p
+
+
+def _validate_train(args) -> None:
+    from ..options import TrainOptions
+    from .dataset import read_manifest
+
+    try:
+        args.train_options = settings_from_flags(args, TrainOptions)
+    except OptionError as exc:
+        raise UsageError(exc.for_flag(raw_flag(args, exc.option.name))) from None
+    if os.path.exists(args.run_dir) and not os.path.isdir(args.run_dir):
+        raise UsageError(f"RUN_DIR {args.run_dir} is a file, not a folder.")
+    if args.config and not os.path.isfile(args.config):
+        raise UsageError(f"--config {args.config}: no such file.")
+    read_manifest(args.dataset_dir)  # not a dataset: a clear message now
+    pick_device(args.device)
+
+
+def train_config(args):
+    """The run's :class:`~latentsync_core.train.config.TrainConfig`: the preset's (or --config's) with the flags."""
+    from .config import load_train_config
+
+    o = args.train_options
+    overrides = dict(lr=o.learning_rate, batch_size=o.batch_size, seed=o.train_seed, precision=o.precision,
+                     max_train_steps=o.train_steps, save_ckpt_steps=o.save_every)
+    if o.sync_weight is not None:
+        overrides.update(sync_loss_weight=o.sync_weight, use_syncnet=o.sync_weight > 0)
+    if o.lpips_weight is not None:
+        overrides["perceptual_loss_weight"] = o.lpips_weight
+    if o.trepa_weight is not None:
+        overrides["trepa_loss_weight"] = o.trepa_weight
+    return load_train_config(args.config or PRESET_CONFIGS[o.preset], **overrides)
+
+
+def _train(args) -> dict:
+    import dataclasses
+
+    import torch
+
+    from ..constants import MODEL_FOLDER
+    from ..face.paste import fixed_mask
+    from ..vae import load_vae
+    from .dataset import TrainDataset
+    from .judges import load_judges
+    from .models import load_training_unet
+    from .run import start_run, train_loop
+    from .step import Trainer
+    from .trainable import select_trainable
+
+    o = args.train_options
+    config = train_config(args)
+    dataset = TrainDataset(args.dataset_dir)
+    if dataset.resolution != config.resolution:
+        raise LatentSyncError(f"the dataset's faces are {dataset.resolution} px, the training config's resolution is "
+                              f"{config.resolution}: prepare the data at {config.resolution} or pick the other config.")
+    start_run(args.run_dir, {**dataclasses.asdict(o), "config": args.config or PRESET_CONFIGS[o.preset]}, args.resume)
+    device = pick_device(args.device)
+    paths = resolve_models(args, {"unet": (args.unet, "unet-1.5"), "vae": (args.vae, "vae")})
+    unet = load_training_unet(args.config or PRESET_CONFIGS[o.preset], paths["unet"], device=device)
+    lora = o.preset == "lora"
+    with torch.random.fork_rng(devices=[]):  # LoRA's random init from the run's seed: runs are reproducible
+        torch.manual_seed(o.train_seed)
+        trainable = select_trainable(unet, "lora", rank=o.lora_rank) if lora else select_trainable(unet, o.preset)
+    judges = load_judges(config, os.path.join(args.models, MODEL_FOLDER), device=device,
+                         download=not args.no_download)
+    trainer = Trainer(unet, load_vae(paths["vae"], args.vae_config, device=device), config, device=device,
+                      trainable=trainable, syncnet=judges.syncnet, lpips=judges.lpips, trepa_net=judges.trepa_net)
+    bar = progress_bar(o.train_steps, "train", args.quiet, unit="step")
+
+    def progress(step: int, total: int, line: dict) -> None:
+        bar.n = step
+        bar.set_postfix({k: f"{v:.4f}" for k, v in line["losses"].items()}, refresh=True)
+
+    keep = torch.tensor(fixed_mask(config.resolution), dtype=torch.float32)
+    meta = {"resolution": config.resolution, "dataset_segments": len(dataset), "preset": o.preset} if lora else None
+    try:
+        last = train_loop(trainer, dataset, args.run_dir, o.train_steps, o.save_every, o.train_seed, keep,
+                          resume=args.resume, save_lora_meta=meta, progress=progress)
+    finally:
+        bar.close()
+    return {"run_dir": args.run_dir, **last}
+
+
+def _show_train(result: dict) -> None:
+    losses = ", ".join(f"{k} {v:.4f}" for k, v in result.get("losses", {}).items())
+    print(f"step {result.get('step')}: {losses}; see {os.path.join(result['run_dir'], 'log.jsonl')}")
+
+
+def train_main(argv=None) -> int:
+    return logged(build_train_parser().parse_args(argv),
+                  lambda args: run_command(args, _validate_train, _train, _show_train))

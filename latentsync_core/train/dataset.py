@@ -45,6 +45,7 @@ class Segment:
     name: str
     frames: int
     file: str  # absolute path of its .npz
+    resolution: int = 256  # face size in px
 
 
 def write_segment(dataset_dir: str, name: str, faces: np.ndarray, features: np.ndarray, mel: np.ndarray,
@@ -81,7 +82,8 @@ def read_manifest(dataset_dir: str) -> list[Segment]:
                 continue
             try:
                 row = json.loads(line)
-                segments[row["name"]] = Segment(row["name"], int(row["frames"]), os.path.join(dataset_dir, row["file"]))
+                segments[row["name"]] = Segment(row["name"], int(row["frames"]), os.path.join(dataset_dir, row["file"]),
+                                                int(row.get("resolution", 256)))
             except (ValueError, KeyError, TypeError) as exc:
                 raise DatasetError(f"{path} line {n} is broken ({exc}).") from None
     return [s for s in segments.values() if os.path.isfile(s.file)]
@@ -97,6 +99,10 @@ class TrainDataset:
         if not self.segments:
             raise DatasetError(f"{dataset_dir} has no segment of at least {MIN_SEGMENT_FRAMES} frames "
                                f"({MIN_SEGMENT_FRAMES / fps:.2f} s) to train on.")
+        sizes = {s.resolution for s in self.segments}
+        if len(sizes) > 1:
+            raise DatasetError(f"{dataset_dir} mixes face sizes {sorted(sizes)}: prepare it again at one size.")
+        self.resolution = sizes.pop()
         self.fps, self._cache, self._cache_size = float(fps), {}, cache
 
     def __len__(self) -> int:

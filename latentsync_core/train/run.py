@@ -1,0 +1,126 @@
+"""A fine-tuning run: steps over a prepared dataset, logs, checkpoints, LoRA files, exact resume.
+
+``RUN_DIR`` gets ``log.jsonl`` (a line per step: losses, gradient norm, learning rate, seconds), ``loss.png``
+(the loss curve, redrawn at every save), ``checkpoint-<step>/`` (trainable weights, optimiser, random states
+and the data sampler's state: a resumed run takes exactly the steps an uninterrupted one would) and, for a
+LoRA run, ``lora_<step>.safetensors`` (what the Model Loader and ``--lora`` apply). ``run.json`` records the
+options; a second run into the same RUN_DIR is refused unless it resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from ..errors import LatentSyncError
+from ..safe_output import atomic_path
+
+log = logging.getLogger(__name__)
+RUN_FILE = "run.json"
+LOG_FILE = "log.jsonl"
+LOSS_PLOT = "loss.png"
+
+
+def _as_state(value):
+    """``random.getstate()`` after a JSON-like round trip (lists) -> the tuples ``setstate`` wants."""
+    return tuple(_as_state(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def start_run(run_dir: str, options: dict, resume: bool) -> None:
+    """Refuse a second run into ``run_dir`` unless resuming with the same options; record them."""
+    from .checkpoint import latest_checkpoint
+
+    path = os.path.join(run_dir, RUN_FILE)
+    if os.path.isfile(path):
+        if not resume:
+            raise LatentSyncError(f"{run_dir} already holds a training run: --resume to continue it, or choose "
+                                  "another RUN_DIR.")
+        with open(path, encoding="utf-8") as fh:
+            before = json.load(fh)
+        changed = {k: (before.get(k), v) for k, v in options.items() if k not in ("train_steps",) and before.get(k) != v}
+        if changed:
+            raise LatentSyncError(f"--resume with other options than the run was started with: {changed}.")
+    elif resume and latest_checkpoint(run_dir) is None:
+        raise LatentSyncError(f"--resume: {run_dir} has no checkpoint to resume.")
+    os.makedirs(run_dir, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(options, fh, indent=1)
+
+
+def plot_losses(run_dir: str) -> str | None:
+    """``RUN_DIR/loss.png`` from ``log.jsonl`` (total loss per step); None when nothing is logged yet."""
+    import cv2
+
+    from ..plot import BLUE, line_chart
+
+    path = os.path.join(run_dir, LOG_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    if not rows:
+        return None
+    losses = np.array([r["losses"]["total"] for r in rows], dtype=np.float64)
+    image = line_chart(losses, (768, 300), BLUE, f"total loss, step {rows[-1]['step']}", "step",
+                       float(rows[0]["step"]), 1.0, zero=False)
+    out = os.path.join(run_dir, LOSS_PLOT)
+    with atomic_path(out) as tmp:
+        ok, data = cv2.imencode(".png", image[..., ::-1])
+        with open(tmp, "wb") as fh:
+            fh.write(data.tobytes())
+    return out
+
+
+def train_loop(trainer, dataset, run_dir: str, steps: int, save_every: int, seed: int, keep_mask, *,
+               resume: bool = False, save_lora_meta: dict | None = None,
+               progress: Callable[[int, int, dict], None] | None = None) -> dict:
+    """Run ``trainer`` to ``steps`` global steps on samples drawn from ``dataset``; returns the last losses.
+
+    Checkpoints every ``save_every`` steps, at the end and on Ctrl-C (then re-raised); ``save_lora_meta``
+    (a dict: metadata) also writes ``lora_<step>.safetensors`` at each save."""
+    from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+
+    rng = random.Random(seed)  # noqa: S311 (data sampling, as the official loader's random module)
+    if resume:
+        extra = load_checkpoint(trainer, latest_checkpoint(run_dir))
+        rng.setstate(_as_state(extra["data_rng"]))
+        log.info("resumed at step %d", trainer.global_step)
+    batch_size = trainer.config.batch_size
+    last: dict = {}
+
+    def save() -> None:
+        save_checkpoint(trainer, run_dir, extra={"data_rng": rng.getstate()})
+        if save_lora_meta is not None:
+            from .lora import save_lora
+
+            save_lora(os.path.join(run_dir, f"lora_{trainer.global_step:07d}.safetensors"), trainer.unet,
+                      {**save_lora_meta, "steps": trainer.global_step})
+        plot_losses(run_dir)
+
+    with open(os.path.join(run_dir, LOG_FILE), "a", encoding="utf-8") as log_fh:
+        try:
+            while trainer.global_step < steps:
+                t0 = time.perf_counter()
+                batch = dataset.batch([dataset.draw(rng) for _ in range(batch_size)], keep_mask)
+                result = trainer.step(batch)
+                last = {"step": result.step, "losses": {k: float(v) for k, v in result.losses.items()},
+                        "grad_norm": float(result.grad_norm), "lr": float(result.lr),
+                        "seconds": round(time.perf_counter() - t0, 3)}
+                log_fh.write(json.dumps(last) + "\n")
+                log_fh.flush()
+                if progress is not None:
+                    progress(result.step, steps, last)
+                if result.step % save_every == 0 or result.step == steps:
+                    save()
+        except KeyboardInterrupt:
+            if last and last["step"] % save_every and last["step"] != steps:
+                log.warning("interrupted: saving step %d", trainer.global_step)
+                save()
+            raise
+    return last
