@@ -377,15 +377,16 @@ PREPARE = (  # training data (``prepare`` command)
 TRAIN_PRESETS = ("lora", "stage2_efficient", "stage2")
 TRAIN_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TRAIN = (  # fine-tuning (``train`` command); a None weight keeps the preset's
-    Option("preset", str, TRAIN_PRESETS[0],
+    Option("train_preset", str, TRAIN_PRESETS[0],
            "lora: LoRA adapters (rank --rank) on the attention layers, stage2_efficient's losses (no TREPA); "
-           "stage2_efficient / stage2: the official trainable sets and losses.", choices=TRAIN_PRESETS, widget=""),
+           "stage2_efficient / stage2: the official trainable sets and losses.", choices=TRAIN_PRESETS, flag="--preset",
+           widget=""),
     Option("train_steps", int, 1000, "Training steps (the run's total; a resumed run goes on to it).",
            minimum=1, maximum=10_000_000, flag="--steps", widget=""),
     Option("learning_rate", float, 1e-4, "AdamW learning rate (official full fine-tuning: 1e-5; LoRA: 1e-4).",
            minimum=1e-8, maximum=1.0, flag="--lr", widget=""),
-    Option("batch_size", int, 1, "Samples per step (16-frame windows); official: 4 per GPU.",
-           minimum=1, maximum=64, widget=""),
+    Option("train_batch_size", int, 1, "Samples per step (16-frame windows); official: 4 per GPU.",
+           minimum=1, maximum=64, flag="--batch-size", widget=""),
     Option("lora_rank", int, 16, "LoRA rank (preset lora).", minimum=1, maximum=256, flag="--rank", widget=""),
     Option("save_every", int, 500, "Save a checkpoint (and the LoRA file) every N steps, and at the end.",
            minimum=1, maximum=10_000_000, widget=""),

@@ -56,7 +56,8 @@ def test_command_line_defaults_are_the_table():
     args = cli.build_parser().parse_args(["--video", "v.mp4", "--audio", "a.wav", "--out", "o.mp4"])
     settings = options.settings_from_flags(args)
     assert settings == StreamSettings()
-    lip_sync = [o for name, group in options.GROUPS.items() if name not in ("score", "prepare") for o in group if o.flag]
+    lip_sync = [o for name, group in options.GROUPS.items() if name not in ("score", "prepare", "train") for o in group
+                if o.flag]
     for spec_option in lip_sync:
         assert spec_option.from_flag(getattr(args, spec_option.name)) == spec_option.default, spec_option.name
     flags = {a.dest for a in cli.build_parser()._actions}
@@ -72,6 +73,11 @@ def test_command_line_defaults_are_the_table():
     prepare_args = build_prepare_parser().parse_args(["src", "ds"])
     for spec_option in (*options.PREPARE, OPTIONS["face"], OPTIONS["max_gap"]):
         assert spec_option.from_flag(getattr(prepare_args, spec_option.name)) == spec_option.default, spec_option.name
+    from latentsync_core.train.commands import build_train_parser  # and the train command's
+
+    train_args = build_train_parser().parse_args(["ds", "run"])
+    for spec_option in options.TRAIN:
+        assert spec_option.from_flag(getattr(train_args, spec_option.name)) == spec_option.default, spec_option.name
 
 
 def test_core_defaults_are_the_table():

@@ -133,7 +133,7 @@ def train_config(args):
     from .config import load_train_config
 
     o = args.train_options
-    overrides = dict(lr=o.learning_rate, batch_size=o.batch_size, seed=o.train_seed, precision=o.precision,
+    overrides = dict(lr=o.learning_rate, batch_size=o.train_batch_size, seed=o.train_seed, precision=o.precision,
                      max_train_steps=o.train_steps, save_ckpt_steps=o.save_every)
     if o.sync_weight is not None:
         overrides.update(sync_loss_weight=o.sync_weight, use_syncnet=o.sync_weight > 0)
@@ -141,7 +141,7 @@ def train_config(args):
         overrides["perceptual_loss_weight"] = o.lpips_weight
     if o.trepa_weight is not None:
         overrides["trepa_loss_weight"] = o.trepa_weight
-    return load_train_config(args.config or PRESET_CONFIGS[o.preset], **overrides)
+    return load_train_config(args.config or PRESET_CONFIGS[o.train_preset], **overrides)
 
 
 def _train(args) -> dict:
@@ -165,14 +165,14 @@ def _train(args) -> dict:
     if dataset.resolution != config.resolution:
         raise LatentSyncError(f"the dataset's faces are {dataset.resolution} px, the training config's resolution is "
                               f"{config.resolution}: prepare the data at {config.resolution} or pick the other config.")
-    start_run(args.run_dir, {**dataclasses.asdict(o), "config": args.config or PRESET_CONFIGS[o.preset]}, args.resume)
+    start_run(args.run_dir, {**dataclasses.asdict(o), "config": args.config or PRESET_CONFIGS[o.train_preset]}, args.resume)
     device = pick_device(args.device)
     paths = resolve_models(args, {"unet": (args.unet, "unet-1.5"), "vae": (args.vae, "vae")})
-    unet = load_training_unet(args.config or PRESET_CONFIGS[o.preset], paths["unet"], device=device)
-    lora = o.preset == "lora"
+    unet = load_training_unet(args.config or PRESET_CONFIGS[o.train_preset], paths["unet"], device=device)
+    lora = o.train_preset == "lora"
     with torch.random.fork_rng(devices=[]):  # LoRA's random init from the run's seed: runs are reproducible
         torch.manual_seed(o.train_seed)
-        trainable = select_trainable(unet, "lora", rank=o.lora_rank) if lora else select_trainable(unet, o.preset)
+        trainable = select_trainable(unet, "lora", rank=o.lora_rank) if lora else select_trainable(unet, o.train_preset)
     judges = load_judges(config, os.path.join(args.models, MODEL_FOLDER), device=device,
                          download=not args.no_download)
     trainer = Trainer(unet, load_vae(paths["vae"], args.vae_config, device=device), config, device=device,
@@ -184,7 +184,7 @@ def _train(args) -> dict:
         bar.set_postfix({k: f"{v:.4f}" for k, v in line["losses"].items()}, refresh=True)
 
     keep = torch.tensor(fixed_mask(config.resolution), dtype=torch.float32)
-    meta = {"resolution": config.resolution, "dataset_segments": len(dataset), "preset": o.preset} if lora else None
+    meta = {"resolution": config.resolution, "dataset_segments": len(dataset), "preset": o.train_preset} if lora else None
     try:
         last = train_loop(trainer, dataset, args.run_dir, o.train_steps, o.save_every, o.train_seed, keep,
                           resume=args.resume, save_lora_meta=meta, progress=progress)
