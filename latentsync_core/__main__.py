@@ -1,4 +1,5 @@
-"""``python -m latentsync_core --video in.mp4 --audio speech.wav --out out.mp4``: see :mod:`.cli`."""
+"""``python -m latentsync_core --video in.mp4 --audio speech.wav --out out.mp4`` (and the ``score``, ``batch``,
+``prepare`` and ``train`` commands): see :mod:`.cli`."""
 
 import sys
 

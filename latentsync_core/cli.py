@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m latentsync_core",
         description="LatentSync lip sync: re-render the mouth of a talking-face video to follow a new speech track.",
+        epilog="Other commands (each with --help): score VIDEO (lip-sync score), batch MANIFEST OUT_DIR (many "
+               "clips), prepare SRC_DIR DATASET_DIR and train DATASET_DIR RUN_DIR (fine-tuning).",
     )
     p.add_argument("--video", required=True, help="input video with a visible face (any format FFmpeg reads)")
     p.add_argument("--audio", required=True, help="speech audio (wav, mp3, flac, m4a... or a video's audio track)")
