@@ -89,7 +89,6 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     """The model options of the table (``--version --dtype --compile``), ``--no-download`` and the single-file
     overrides (``--unet --unet-config --whisper --vae --vae-config``)."""
     add_flags(p.add_argument_group("model"), list(MODEL))
-    p.add_argument("--no-download", action="store_true", help="never download missing model files")
     adv = add_model_file_flag(p)
     adv.add_argument("--unet-config", help="U-Net config (.json / .yaml); default: the released model")
     adv.add_argument("--whisper", help="whisper tiny checkpoint (tiny.pt) or Hugging Face folder")
@@ -109,12 +108,13 @@ def add_model_file_flag(p: argparse.ArgumentParser):
 
 
 def add_machine_flags(p: argparse.ArgumentParser, layout: str) -> None:
-    """``--models`` (a folder laid out like ComfyUI's: ``layout``) and ``--device``."""
+    """``--models`` (a folder laid out like ComfyUI's: ``layout``), ``--device`` and ``--no-download``."""
     default_models = os.environ.get("LATENTSYNC_MODELS", "models")
     p.add_argument("--models", default=default_models,
                    help=f"models folder laid out like ComfyUI's ({layout}); env LATENTSYNC_MODELS "
                         f"(default: {default_models})")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default: auto)")
+    p.add_argument("--no-download", action="store_true", help="never download missing model files")
 
 
 def add_verbosity_flags(p: argparse.ArgumentParser) -> None:
@@ -181,13 +181,22 @@ class StageBars:
             bar.close()
 
 
+def checked_options(args, *groups) -> tuple:
+    """The option groups (option-group classes, e.g. ``StreamSettings``) from parsed flags, each checked;
+    :class:`UsageError` in command-line words (``--steps 1001: use 1-1000 ...``)."""
+    try:
+        return tuple(settings_from_flags(args, g) for g in groups)
+    except OptionError as exc:
+        raise UsageError(exc.for_flag(raw_flag(args, exc.option.name))) from None
+
+
 def validate_args(args) -> None:
     """Check every argument before any work is done (no model is loaded, no frame decoded); raises
     :class:`UsageError` with one line saying what to change. Sets ``args.settings`` (the checked
     :class:`~latentsync_core.options.StreamSettings`) and normalises ``args.out`` to an absolute path
     (refused when it is one of the inputs, has the wrong suffix or its folder is not writable)."""
+    (args.settings,) = checked_options(args, StreamSettings)
     try:
-        args.settings = settings_from_flags(args, StreamSettings)
         for spec in MODEL:
             spec.from_flag(getattr(args, spec.name))
     except OptionError as exc:

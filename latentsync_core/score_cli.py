@@ -23,14 +23,14 @@ from .cli import (
     UsageError,
     add_machine_flags,
     add_verbosity_flags,
+    checked_options,
     logged,
     pick_device,
-    raw_flag,
     resolve_models,
     run_command,
 )
 from .constants import MODEL_FOLDER
-from .options import FACE, SCORE, FaceOptions, OptionError, ScoreOptions, add_flags, settings_from_flags
+from .options import FACE, SCORE, FaceOptions, ScoreOptions, add_flags
 
 log = logging.getLogger("latentsync_core.score")
 SCORE_FACE_OPTIONS = [o for o in FACE if o.name == "face"]  # which face; the crop is the official one
@@ -50,7 +50,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_flags(p.add_argument_group("face"), [*SCORE_FACE_OPTIONS, *SCORE])
     p.add_argument("--s3fd", help="S3FD weights (sfd_face.pth) for --crops s3fd; overrides the --models layout")
     p.add_argument("--stable-syncnet", help="stable_syncnet.pt for --scorer fast; overrides the --models layout")
-    p.add_argument("--no-download", action="store_true", help="never download missing model files")
     add_verbosity_flags(p)
     return p
 
@@ -59,11 +58,7 @@ def validate(args) -> None:
     """Every argument checked before any model loads: :class:`UsageError` with one line."""
     from .video_io import probe_video
 
-    try:
-        args.face_options = settings_from_flags(args, FaceOptions)
-        args.score_options = settings_from_flags(args, ScoreOptions)
-    except OptionError as exc:
-        raise UsageError(exc.for_flag(raw_flag(args, exc.option.name))) from None
+    args.face_options, args.score_options = checked_options(args, FaceOptions, ScoreOptions)
     for flag in ("video", "audio", "syncnet", "s3fd", "stable_syncnet"):
         value = getattr(args, flag)
         if value is not None and os.path.isdir(value):

@@ -26,14 +26,14 @@ from ..cli import (
     add_machine_flags,
     add_model_flags,
     add_verbosity_flags,
+    checked_options,
     logged,
     pick_device,
     progress_bar,
-    raw_flag,
     resolve_models,
     run_command,
 )
-from ..options import SCORE, OptionError, ScoreOptions, StreamSettings, add_flags, settings_from_flags
+from ..options import SCORE, ScoreOptions, StreamSettings, add_flags
 from .manifest import load_manifest
 from .plan import REPORT, is_done, model_identity, row_key
 
@@ -67,11 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _validate(args) -> StreamSettings:
-    try:
-        settings = settings_from_flags(args, StreamSettings)
-        args.crops = settings_from_flags(args, ScoreOptions).crops
-    except OptionError as exc:
-        raise UsageError(exc.for_flag(raw_flag(args, exc.option.name))) from None
+    settings, score = checked_options(args, StreamSettings, ScoreOptions)
+    args.crops = score.crops
     if args.workers < 0:
         raise UsageError(f"--workers {args.workers}: use 1 or more (0 = one per GPU).")
     if os.path.exists(args.out_dir) and not os.path.isdir(args.out_dir):

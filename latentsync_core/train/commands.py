@@ -10,15 +10,15 @@ from ..cli import (
     UsageError,
     add_machine_flags,
     add_verbosity_flags,
+    checked_options,
     logged,
     pick_device,
     progress_bar,
-    raw_flag,
     resolve_models,
     run_command,
 )
 from ..errors import LatentSyncError
-from ..options import FACE, PREPARE, TRAIN, OptionError, PrepareOptions, add_flags, settings_from_flags
+from ..options import FACE, PREPARE, TRAIN, PrepareOptions, add_flags
 
 
 def build_prepare_parser() -> argparse.ArgumentParser:
@@ -33,7 +33,6 @@ def build_prepare_parser() -> argparse.ArgumentParser:
     add_flags(p.add_argument_group("segments"), PREPARE)
     add_flags(p.add_argument_group("face"), [o for o in FACE if o.name in ("face", "max_gap")])
     p.add_argument("--whisper", help="whisper tiny checkpoint; overrides the --models layout")
-    p.add_argument("--no-download", action="store_true", help="never download missing model files")
     add_verbosity_flags(p)
     return p
 
@@ -41,11 +40,7 @@ def build_prepare_parser() -> argparse.ArgumentParser:
 def _validate_prepare(args) -> None:
     from ..options import FaceOptions
 
-    try:
-        args.prepare_options = settings_from_flags(args, PrepareOptions)
-        args.face_options = settings_from_flags(args, FaceOptions)
-    except OptionError as exc:
-        raise UsageError(exc.for_flag(raw_flag(args, exc.option.name))) from None
+    args.prepare_options, args.face_options = checked_options(args, PrepareOptions, FaceOptions)
     if args.prepare_options.min_seconds > args.prepare_options.max_seconds:
         raise UsageError(f"--min-seconds {args.prepare_options.min_seconds} is more than --max-seconds "
                          f"{args.prepare_options.max_seconds}.")
@@ -107,7 +102,6 @@ def build_train_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="an official-format training yaml instead of the preset's (its model and loss "
                                     "sections; the flags above override it)")
     add_model_file_flag(p)
-    p.add_argument("--no-download", action="store_true", help="never download missing model files")
     add_verbosity_flags(p)
     return p
 
@@ -116,10 +110,7 @@ def _validate_train(args) -> None:
     from ..options import TrainOptions
     from .dataset import read_manifest
 
-    try:
-        args.train_options = settings_from_flags(args, TrainOptions)
-    except OptionError as exc:
-        raise UsageError(exc.for_flag(raw_flag(args, exc.option.name))) from None
+    (args.train_options,) = checked_options(args, TrainOptions)
     if os.path.exists(args.run_dir) and not os.path.isdir(args.run_dir):
         raise UsageError(f"RUN_DIR {args.run_dir} is a file, not a folder.")
     if args.config and not os.path.isfile(args.config):
