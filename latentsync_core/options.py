@@ -375,7 +375,6 @@ PREPARE = (  # training data (``prepare`` command)
 )
 
 TRAIN_PRESETS = ("lora", "stage2_efficient", "stage2")
-TRAIN_PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 TRAIN = (  # fine-tuning (``train`` command); a None weight keeps the preset's
     Option("train_preset", str, TRAIN_PRESETS[0],
            "lora: LoRA adapters (rank --rank) on the attention layers, stage2_efficient's losses (no TREPA); "
@@ -393,7 +392,7 @@ TRAIN = (  # fine-tuning (``train`` command); a None weight keeps the preset's
     Option("train_seed", int, 1247, "Seed of the data draws and of the step's noise (the official 1247).",
            minimum=0, maximum=2**31 - 1, flag="--seed", widget=""),
     Option("precision", str, "auto", "fp32; bf16 / fp16 mixed precision (fp32 trainable weights); auto: bf16 on "
-           "GPUs that support it, fp32 on the CPU.", choices=TRAIN_PRECISIONS, widget=""),
+           "GPUs that support it, fp32 on the CPU.", choices=PRECISIONS, widget=""),
     Option("sync_weight", float, None, "SyncNet loss weight (0 = no SyncNet; -1 = the preset's, 0.05).",
            minimum=0.0, maximum=100.0, unset=(-1.0, None), widget=""),
     Option("lpips_weight", float, None, "LPIPS loss weight (0 = no VGG16; -1 = the preset's, 0.1).",
