@@ -201,9 +201,9 @@ def validate_args(args) -> None:
             spec.from_flag(getattr(args, spec.name))
     except OptionError as exc:
         raise UsageError(exc.for_flag(raw_flag(args, exc.option.name))) from None
-    for flag in ("unet", "unet_config", "whisper", "vae", "vae_config"):
+    for flag in ("unet", "unet_config", "whisper", "vae", "vae_config", "lora"):
         value = getattr(args, flag)
-        if value is not None and not os.path.exists(value):
+        if value and not os.path.exists(value):
             raise UsageError(f"--{flag.replace('_', '-')} {value}: no such file.")
     pick_device(args.device)
     try:
@@ -325,6 +325,13 @@ def load_models(args) -> LoadedModels:
     whisper = load_whisper(paths["whisper"], device=device)
     check_version(args.version, paths["unet"])
     unet = load_unet(args.unet_config or UNetConfig(), paths["unet"], device=device, dtype=dtype)
+    if args.lora:
+        from .train.lora import apply_lora
+
+        applied = apply_lora(unet, args.lora, float(args.lora_strength), keep_backup=False,
+                             expect={"resolution": VERSIONS[args.version]})
+        log.info("LoRA %s applied at strength %s (%d layers)", os.path.basename(args.lora), args.lora_strength,
+                 len(applied.modules))
     if args.compile:
         from .sampling import compile_unet
 

@@ -346,6 +346,11 @@ MODEL = (
            "bit-exact: compiled kernels round differently from eager ones.",
            labels={"off": False, "torch.compile": True}, flag_labels={}, help="torch.compile the U-Net "
            "(faster after a one-time compile; not bit-exact)"),
+    Option("lora", str, "", "A LoRA file (.safetensors from `train --preset lora`) merged into the U-Net; empty = "
+           "none. A LoRA trained for another face size is refused.", widget="",
+           help="a LoRA .safetensors (from train --preset lora) merged into the U-Net"),
+    Option("lora_strength", float, 1.0, "How strongly the LoRA is applied (1 = as trained, 0 = not at all).",
+           minimum=0.0, maximum=2.0, step=0.05, widget=""),
 )
 
 SCORE_CROPS = ("auto", "s3fd", "landmarks")

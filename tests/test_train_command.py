@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -74,3 +75,43 @@ def test_usage_errors_before_any_model(dataset, tmp_path, capsys):
     assert "--rank 0: use 1" in capsys.readouterr().err
     assert cli.main([*_argv(dataset, tmp_path / "r2", 1), "--resume"]) == 1
     assert "has no checkpoint to resume" in capsys.readouterr().err
+
+
+@pytest.mark.usefixtures("landmarks_offline")
+def test_the_command_line_applies_a_trained_lora(dataset, tmp_path, capsys):
+    """--lora: the trained file changes the lip-synced frames; strength 0 leaves them as without it; a LoRA
+    trained for another face size is refused with a clear message; a missing file is a usage error."""
+    from test_cli import TINY, _write_wav
+    from test_stream import make_face_clip
+
+    from latentsync_core.train.lora import save_lora
+    from latentsync_core.video_io import VideoReader
+
+    run = tmp_path / "run"
+    assert cli.main(_argv(dataset, run, 1)) == 0
+    lora = run / "lora_0000001.safetensors"
+    clip = make_face_clip(tmp_path / "c.mp4", 4)
+    _write_wav(tmp_path / "s.wav", 0.16)
+    base = ["--video", str(clip), "--audio", str(tmp_path / "s.wav"), *TINY, "--steps", "1", "--guidance", "1.0",
+            "--no-download", "-q", "--crf", "0"]
+
+    def frames(name: str, *extra: str):
+        out = tmp_path / f"{name}.mp4"
+        assert cli.main([*base, "--out", str(out), *extra]) == 0
+        with VideoReader(out) as r:
+            return r.read(0, r.num_frames)
+
+    plain, with_lora = frames("plain"), frames("lora", "--lora", str(lora))
+    assert not np.array_equal(plain, with_lora)
+    assert np.array_equal(plain, frames("zero", "--lora", str(lora), "--lora-strength", "0"))
+
+    unet = load_training_unet(GOLDEN / "stage2_tiny.yaml", UNET_CKPT)
+    from latentsync_core.train.trainable import select_trainable
+
+    select_trainable(unet, "lora", rank=4)
+    other = save_lora(tmp_path / "other.safetensors", unet, {"resolution": 512})
+    capsys.readouterr()
+    assert cli.main([*base, "--out", str(tmp_path / "x.mp4"), "--lora", other]) == 1
+    assert "trained for" in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()
+    assert cli.main([*base, "--out", str(tmp_path / "y.mp4"), "--lora", str(tmp_path / "none.safetensors")]) == 2
+    assert "--lora" in capsys.readouterr().err
