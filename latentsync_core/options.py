@@ -350,7 +350,7 @@ MODEL = (
            "none. A LoRA trained for another face size is refused.", widget="",
            help="a LoRA .safetensors (from train --preset lora) merged into the U-Net"),
     Option("lora_strength", float, 1.0, "How strongly the LoRA is applied (1 = as trained, 0 = not at all).",
-           minimum=0.0, maximum=2.0, step=0.05, widget=""),
+           minimum=0.0, maximum=2.0, step=0.05),
 )
 
 SCORE_CROPS = ("auto", "s3fd", "landmarks")

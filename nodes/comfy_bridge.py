@@ -56,6 +56,22 @@ def model_path(name: str) -> str | None:
     return folder_paths.get_full_path(MODEL_FOLDER, name)
 
 
+LORA_SUBFOLDER = "latentsync"  # LatentSync LoRAs live in models/loras/latentsync/ (not image-model LoRAs)
+
+
+def lora_files() -> list[str]:
+    """LoRA files under ``models/loras/latentsync/`` ('/'-separated names as ComfyUI lists them)."""
+    if "loras" not in folder_paths.folder_names_and_paths:
+        return []
+    names = (n.replace(os.sep, "/") for n in folder_paths.get_filename_list("loras"))
+    return sorted(n for n in names if n.startswith(LORA_SUBFOLDER + "/") and n.lower().endswith(".safetensors"))
+
+
+def lora_path(name: str) -> str | None:
+    """Absolute path of a file listed by :func:`lora_files`, or None."""
+    return folder_paths.get_full_path("loras", name) if "loras" in folder_paths.folder_names_and_paths else None
+
+
 def input_files(suffixes: tuple[str, ...]) -> list[str]:
     """Files directly in ComfyUI's input folder whose names end with one of ``suffixes`` (any case)."""
     folder = folder_paths.get_input_directory()

@@ -161,10 +161,19 @@ class LatentSyncModelLoader:
                                "metadata = 512, else 256). Must match Face Crop & Align's resolution."}),
                 **node_inputs("dtype"),
             },
-            "optional": node_inputs("compile"),
+            "optional": {
+                **node_inputs("compile"),
+                "lora": (["none", *bridge.lora_files()], {
+                    "default": "none",
+                    "tooltip": "A LoRA from models/loras/latentsync/ (made by `python -m latentsync_core train --preset "
+                               "lora`), merged into this U-Net; none = the released model. A LoRA trained for "
+                               "another face size is refused."}),
+                **node_inputs("lora_strength"),
+            },
         }
 
-    def load(self, unet_name: str, resolution: str = "auto", dtype: str | None = None, compile: str | None = None):
+    def load(self, unet_name: str, resolution: str = "auto", dtype: str | None = None, compile: str | None = None,
+             lora: str = "none", lora_strength: float | None = None):
         path = bridge.model_path(unet_name)
         if path is None and unet_name in DOWNLOADABLE:
             folders = bridge.model_folders()
@@ -181,10 +190,24 @@ class LatentSyncModelLoader:
         torch_dtype = pick_dtype(options["dtype"], bridge.compute_device())
         config = sidecar_config(path, roots=bridge.model_folders()) or os.path.join(CONFIG_DIR, CONFIGS[res])
         unet = load_unet(config, path, device=bridge.offload_device(), dtype=torch_dtype)
+        if lora and lora != "none":
+            _apply_lora(unet, lora, lora_strength, res)
         if options["compile"]:
             unet = compile_unet(unet)
         logger.info("LatentSync U-Net %s: %d px faces, %s, compile %s", unet_name, res, torch_dtype, options["compile"])
         return (LatentSyncModel(unet=unet, resolution=res, dtype=torch_dtype, name=unet_name),)
+
+
+def _apply_lora(unet, name: str, strength, resolution: int) -> None:
+    """Merge the LoRA ``name`` (models/loras/latentsync/) into the freshly loaded ``unet``."""
+    from ..latentsync_core.train.lora import apply_lora
+
+    path = bridge.lora_path(name)
+    if path is None:
+        raise ModelMissingError(f"LoRA file '{name}' is not in models/loras/.")
+    strength = from_widgets({"lora_strength": strength}, ("lora_strength",))["lora_strength"]
+    applied = apply_lora(unet, path, strength, keep_backup=False, expect={"resolution": resolution})
+    logger.info("LatentSync LoRA %s merged at strength %s (%d layers)", name, strength, len(applied.modules))
 
 
 NODE_CLASSES: list[type] = [LatentSyncModelLoader]

@@ -115,3 +115,37 @@ def test_the_command_line_applies_a_trained_lora(dataset, tmp_path, capsys):
     assert "trained for" in capsys.readouterr().err and not (tmp_path / "x.mp4").exists()
     assert cli.main([*base, "--out", str(tmp_path / "y.mp4"), "--lora", str(tmp_path / "none.safetensors")]) == 2
     assert "--lora" in capsys.readouterr().err
+
+
+def test_the_model_loader_merges_a_lora_from_models_loras(dataset, tmp_path, pack, comfy_base):
+    """Model Loader's ``lora`` (models/loras/latentsync/) merges the trained LoRA into its U-Net: the weights
+    change, strength 0 changes nothing, and a LoRA for another face size is refused."""
+    import shutil
+
+    from latentsync_core.train.lora import save_lora
+    from latentsync_core.train.trainable import select_trainable
+
+    run = tmp_path / "run"
+    assert cli.main(_argv(dataset, run, 1)) == 0
+    unet_dir = comfy_base / "models" / "latentsync" / "tinylora"
+    unet_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copy(UNET_CKPT, unet_dir / "latentsync_unet.pt")
+    shutil.copy(UNET_CKPT.parent / "config.json", unet_dir / "config.json")
+    loras = comfy_base / "models" / "loras" / "latentsync"
+    loras.mkdir(parents=True, exist_ok=True)
+    shutil.copy(run / "lora_0000001.safetensors", loras / "me.safetensors")
+    other = load_training_unet(GOLDEN / "stage2_tiny.yaml", UNET_CKPT)
+    select_trainable(other, "lora", rank=4)
+    save_lora(loras / "big.safetensors", other, {"resolution": 512})
+
+    loader = pack.NODE_CLASS_MAPPINGS["LatentSyncModelLoader"]
+    choices = loader.INPUT_TYPES()["optional"]["lora"][0]
+    assert choices[0] == "none" and {"latentsync/me.safetensors", "latentsync/big.safetensors"} <= set(choices)
+    name = "tinylora/latentsync_unet.pt"
+    (plain,) = loader().load(name, "256", "fp32")
+    (tuned,) = loader().load(name, "256", "fp32", lora="latentsync/me.safetensors", lora_strength=1.0)
+    (zero,) = loader().load(name, "256", "fp32", lora="latentsync/me.safetensors", lora_strength=0.0)
+    a, b, c = (dict(m.unet.named_parameters()) for m in (plain, tuned, zero))
+    assert any(not torch.equal(a[k], b[k]) for k in a) and all(torch.equal(a[k], c[k]) for k in a)
+    with pytest.raises(Exception, match="trained for LatentSync 1.5 at 512 px; the loaded U-Net is a LatentSync U-Net at 256"):
+        loader().load(name, "256", "fp32", lora="latentsync/big.safetensors")  # the pack's own InputMismatchError

@@ -366,7 +366,8 @@ def _linear_table(unet: nn.Module) -> dict[str, tuple[str, nn.Linear]]:
 
 
 def _describe(info: Mapping[str, Any]) -> str:
-    return f"LatentSync {info.get('latentsync_version', '?')} at {info.get('resolution', '?')} px"
+    version = f"LatentSync {info['latentsync_version']}" if "latentsync_version" in info else "a LatentSync U-Net"
+    return f"{version} at {info.get('resolution', '?')} px"
 
 
 def check_lora_metadata(metadata: Mapping[str, Any] | None, expect: Mapping[str, Any] | None, name: str) -> None:

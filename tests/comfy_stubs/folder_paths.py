@@ -22,6 +22,7 @@ def set_base(path: str) -> None:
         os.makedirs(d, exist_ok=True)
     folder_names_and_paths.clear()
     folder_names_and_paths["vae"] = ([os.path.join(models_dir, "vae")], set(supported_pt_extensions))
+    folder_names_and_paths["loras"] = ([os.path.join(models_dir, "loras")], set(supported_pt_extensions))
 
 
 def get_input_directory() -> str:
