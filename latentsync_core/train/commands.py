@@ -17,7 +17,6 @@ from ..cli import (
     resolve_models,
     run_command,
 )
-from ..errors import LatentSyncError
 from ..options import FACE, PREPARE, TRAIN, PrepareOptions, add_flags
 
 
@@ -83,7 +82,6 @@ def prepare_main(argv=None) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- train
-PRESET_CONFIGS = {"lora": "stage2_efficient", "stage2_efficient": "stage2_efficient", "stage2": "stage2"}
 
 
 def build_train_parser() -> argparse.ArgumentParser:
@@ -119,69 +117,27 @@ def _validate_train(args) -> None:
     pick_device(args.device)
 
 
-def train_config(args):
-    """The run's :class:`~latentsync_core.train.config.TrainConfig`: the preset's (or --config's) with the flags."""
-    from .config import load_train_config
-
-    o = args.train_options
-    overrides = dict(lr=o.learning_rate, batch_size=o.train_batch_size, seed=o.train_seed, precision=o.precision,
-                     max_train_steps=o.train_steps, save_ckpt_steps=o.save_every)
-    if o.sync_weight is not None:
-        overrides.update(sync_loss_weight=o.sync_weight, use_syncnet=o.sync_weight > 0)
-    if o.lpips_weight is not None:
-        overrides["perceptual_loss_weight"] = o.lpips_weight
-    if o.trepa_weight is not None:
-        overrides["trepa_loss_weight"] = o.trepa_weight
-    return load_train_config(args.config or PRESET_CONFIGS[o.train_preset], **overrides)
-
-
 def _train(args) -> dict:
-    import dataclasses
-
-    import torch
-
     from ..constants import MODEL_FOLDER
-    from ..face.paste import fixed_mask
     from ..vae import load_vae
-    from .dataset import TrainDataset
-    from .judges import load_judges
-    from .models import load_training_unet
-    from .run import start_run, train_loop
-    from .step import Trainer
-    from .trainable import select_trainable
+    from .fine_tune import fine_tune
 
     o = args.train_options
-    config = train_config(args)
-    dataset = TrainDataset(args.dataset_dir)
-    if dataset.resolution != config.resolution:
-        raise LatentSyncError(f"the dataset's faces are {dataset.resolution} px, the training config's resolution is "
-                              f"{config.resolution}: prepare the data at {config.resolution} or pick the other config.")
-    start_run(args.run_dir, {**dataclasses.asdict(o), "config": args.config or PRESET_CONFIGS[o.train_preset]}, args.resume)
     device = pick_device(args.device)
     paths = resolve_models(args, {"unet": (args.unet, "unet-1.5"), "vae": (args.vae, "vae")})
-    unet = load_training_unet(args.config or PRESET_CONFIGS[o.train_preset], paths["unet"], device=device)
-    lora = o.train_preset == "lora"
-    with torch.random.fork_rng(devices=[]):  # LoRA's random init from the run's seed: runs are reproducible
-        torch.manual_seed(o.train_seed)
-        trainable = select_trainable(unet, "lora", rank=o.lora_rank) if lora else select_trainable(unet, o.train_preset)
-    judges = load_judges(config, os.path.join(args.models, MODEL_FOLDER), device=device,
-                         download=not args.no_download)
-    trainer = Trainer(unet, load_vae(paths["vae"], args.vae_config, device=device), config, device=device,
-                      trainable=trainable, syncnet=judges.syncnet, lpips=judges.lpips, trepa_net=judges.trepa_net)
     bar = progress_bar(o.train_steps, "train", args.quiet, unit="step")
 
     def progress(step: int, total: int, line: dict) -> None:
         bar.n = step
         bar.set_postfix({k: f"{v:.4f}" for k, v in line["losses"].items()}, refresh=True)
 
-    keep = torch.tensor(fixed_mask(config.resolution), dtype=torch.float32)
-    meta = {"resolution": config.resolution, "dataset_segments": len(dataset), "preset": o.train_preset} if lora else None
     try:
-        last = train_loop(trainer, dataset, args.run_dir, o.train_steps, o.save_every, o.train_seed, keep,
-                          resume=args.resume, save_lora_meta=meta, progress=progress)
+        return fine_tune(args.dataset_dir, args.run_dir, o, unet=paths["unet"],
+                         vae=load_vae(paths["vae"], args.vae_config, device=device),
+                         models_dir=os.path.join(args.models, MODEL_FOLDER), config_file=args.config, device=device,
+                         download=not args.no_download, resume=args.resume, progress=progress)
     finally:
         bar.close()
-    return {"run_dir": args.run_dir, **last}
 
 
 def _show_train(result: dict) -> None:
