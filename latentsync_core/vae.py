@@ -151,15 +151,22 @@ def load_vae(path: str | os.PathLike, config: str | os.PathLike | dict | None = 
         return DiffusersVae(vae, device, dtype)
     if not os.path.isfile(path):
         raise CheckpointError(f"VAE not found: {path}")
-    config = read_vae_config(config)
+    state = as_state_dict(read_checkpoint(path), "VAE")
+    vae = _vae_from_state(state, read_vae_config(config),
+                          f"{os.path.basename(path)} is not a VAE for this config (sd-vae-ft-mse unless a config is given)")
+    return DiffusersVae(vae, device, dtype)
+
+
+def _vae_from_state(state: dict[str, torch.Tensor], config: dict, what: str):
+    """A diffusers ``AutoencoderKL`` of ``config`` with ``state`` (diffusers or LDM key layout) loaded."""
+    from diffusers import AutoencoderKL
+
     try:
         vae = AutoencoderKL.from_config(config)
     except (TypeError, ValueError, KeyError) as exc:
         raise CheckpointError(f"The VAE config is not an AutoencoderKL config ({exc}).") from exc
-    state = as_state_dict(read_checkpoint(path), "VAE")
     if any(_LDM_VAE_KEY.match(k) for k in state):
         state = ldm_to_diffusers_vae(state, config)
-    what = f"{os.path.basename(path)} is not a VAE for this config (sd-vae-ft-mse unless a config is given)"
     try:
         missing, unexpected = vae.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shapes that do not fit
@@ -169,7 +176,27 @@ def load_vae(path: str | os.PathLike, config: str | os.PathLike | dict | None = 
         raise CheckpointError(
             f"{what}: {len(missing)} missing, {len(unexpected)} unexpected keys, e.g. {(missing or unexpected)[:3]}."
         )
-    return DiffusersVae(vae, device, dtype)
+    return vae
+
+
+def trainable_vae(vae: Any, device: torch.device | str = "cpu") -> DiffusersVae:
+    """A frozen fp32 diffusers copy of ``vae`` for training (its decoder must carry gradients to the pixel
+    losses, which ComfyUI's VAE object does not expose): a diffusers ``AutoencoderKL`` / :class:`DiffusersVae`
+    is used as is; ComfyUI's ``VAE`` (its ``first_stage_model`` holds the Stable Diffusion layout) is
+    converted. Works under ComfyUI's ``inference_mode`` (the weights are cloned into normal tensors)."""
+    if isinstance(vae, DiffusersVae):
+        return vae
+    if hasattr(vae, "config") and hasattr(vae, "encoder"):
+        return DiffusersVae(vae, device, torch.float32)
+    model = getattr(vae, "first_stage_model", None)
+    if model is None:
+        raise LatentSyncError(f"Not a VAE: {type(vae).__name__}. Connect ComfyUI's VAE (Load VAE with sd-vae-ft-mse).")
+    # a diffusers model inside (stand-ins, wrappers) keeps its own config; ComfyUI's own is the SD layout
+    config = dict(model.config) if hasattr(model, "config") and hasattr(model, "encoder") else read_vae_config(None)
+    with torch.inference_mode(False):
+        state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in model.state_dict().items()}
+        converted = _vae_from_state(state, config, "the connected VAE is not sd-vae-ft-mse's layout")
+    return DiffusersVae(converted, device, torch.float32)
 
 
 def read_vae_config(config: str | os.PathLike | dict | None) -> dict:

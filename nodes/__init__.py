@@ -4,10 +4,10 @@ Each stage module lists its node classes in ``NODE_CLASSES``; every class carrie
 (prefixed ``LatentSync``: saved workflows refer to it) and a ``DISPLAY_NAME``.
 """
 
-from . import audio, face, model, sampler, sync_score, video
+from . import audio, face, model, sampler, sync_score, train, video
 from .comfy_bridge import register_model_folder
 
-_STAGES = (audio, face, model, sampler, video, sync_score)
+_STAGES = (audio, face, model, sampler, video, sync_score, train)
 
 
 def _build_mappings():

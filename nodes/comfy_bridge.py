@@ -72,6 +72,21 @@ def lora_path(name: str) -> str | None:
     return folder_paths.get_full_path("loras", name) if "loras" in folder_paths.folder_names_and_paths else None
 
 
+def lora_folder() -> str:
+    """Where new LatentSync LoRAs are saved: ``models/loras/latentsync/`` in ComfyUI's first loras folder."""
+    folders = folder_paths.get_folder_paths("loras") if "loras" in folder_paths.folder_names_and_paths else []
+    root = folders[0] if folders else os.path.join(folder_paths.models_dir, "loras")
+    return os.path.join(root, LORA_SUBFOLDER)
+
+
+def input_directory() -> str:
+    return folder_paths.get_input_directory()
+
+
+def output_directory() -> str:
+    return folder_paths.get_output_directory()
+
+
 def input_files(suffixes: tuple[str, ...]) -> list[str]:
     """Files directly in ComfyUI's input folder whose names end with one of ``suffixes`` (any case)."""
     folder = folder_paths.get_input_directory()

@@ -21,6 +21,7 @@ EXPECTED_NODES = {
     "LatentSyncLipSyncVideo",
     "LatentSyncFacePreview",
     "LatentSyncSyncScore",
+    "LatentSyncTrainLoRA",
 }
 
 # ComfyUI's built-in socket types plus this pack's own

@@ -65,7 +65,7 @@ def test_a_second_run_into_the_same_folder_is_refused(dataset, tmp_path, capsys)
     assert cli.main(_argv(dataset, run, 2)) == 1
     assert "already holds a training run: --resume" in capsys.readouterr().err
     assert cli.main(_argv(dataset, run, 2, "--resume", "--lr", "1e-4")) == 1
-    assert "--resume with other options" in capsys.readouterr().err
+    assert "holds a run started with other settings" in capsys.readouterr().err
 
 
 def test_usage_errors_before_any_model(dataset, tmp_path, capsys):

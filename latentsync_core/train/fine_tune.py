@@ -20,8 +20,13 @@ from ..errors import LatentSyncError
 from ..options import TrainOptions
 from .config import TrainConfig
 
-# the official training config behind each preset (lora trains adapters under stage2_efficient's losses)
+# the official training config behind each preset: its losses and trainable set (lora: stage2_efficient's
+# losses, adapters only)
 PRESET_CONFIGS = {"lora": "stage2_efficient", "stage2_efficient": "stage2_efficient", "stage2": "stage2"}
+# the U-Net each preset trains: a LoRA adapts the model inference runs (configs/unet/stage2.yaml, motion modules
+# in every block), so it is trained on that one; stage2_efficient keeps the official efficient stage's U-Net
+# (motion modules in the decoder only)
+PRESET_UNETS = {"lora": "stage2", "stage2_efficient": "stage2_efficient", "stage2": "stage2"}
 
 
 def config_name(options: TrainOptions, config_file: str | None = None) -> str:
@@ -57,7 +62,7 @@ def lora_files(run_dir: str) -> list[str]:
 
 def fine_tune(dataset_dir: str, run_dir: str, options: TrainOptions, *,
               unet: str | os.PathLike | Mapping[str, torch.Tensor] | None, vae: Any, models_dir: str,
-              search_folders: Iterable[str] = (), config_file: str | None = None,
+              search_folders: Iterable[str] = (), config_file: str | None = None, unet_config: Any = None,
               device: str | torch.device = "cpu", download: bool = True, resume: bool = False,
               progress: Callable[[int, int, dict], None] | None = None) -> dict:
     """Train ``options.train_steps`` steps on DATASET_DIR into RUN_DIR (see :mod:`latentsync_core.train.run`).
@@ -65,6 +70,8 @@ def fine_tune(dataset_dir: str, run_dir: str, options: TrainOptions, *,
     Args:
         unet: the weights to start from: a U-Net file, a state dict (e.g. of the graph's loaded model; cast to
             fp32) or None (random, for tests).
+        unet_config: the U-Net's architecture (a :class:`~latentsync_core.unet.UNetConfig`, e.g. the graph's
+            loaded model's); default: ``config_file``'s, else the preset's (:data:`PRESET_UNETS`).
         vae: a diffusers ``AutoencoderKL`` or ``DiffusersVae`` (frozen; ComfyUI's VAE: see
             :func:`latentsync_core.vae.trainable_vae`).
         models_dir / search_folders / download: where the judges (StableSyncNet, VGG16, VideoMAE) are found or
@@ -89,7 +96,7 @@ def fine_tune(dataset_dir: str, run_dir: str, options: TrainOptions, *,
                               f"{config.resolution}: prepare the data at {config.resolution} or pick the other config.")
     name = config_name(options, config_file)
     start_run(run_dir, {**dataclasses.asdict(options), "config": name}, resume)
-    model = load_training_unet(name, unet, device=device)
+    model = load_training_unet(unet_config or config_file or PRESET_UNETS[options.train_preset], unet, device=device)
     lora = options.train_preset == "lora"
     with torch.random.fork_rng(devices=[]):  # LoRA's random init from the run's seed: runs are reproducible
         torch.manual_seed(options.train_seed)

@@ -37,7 +37,8 @@ def start_run(run_dir: str, options: dict, resume: bool) -> None:
     from .checkpoint import latest_checkpoint
 
     path = os.path.join(run_dir, RUN_FILE)
-    if os.path.isfile(path):
+    saved = latest_checkpoint(run_dir) if os.path.isdir(run_dir) else None
+    if os.path.isfile(path) and saved is not None:
         if not resume:
             raise LatentSyncError(f"{run_dir} already holds a training run: --resume to continue it, or choose "
                                   "another RUN_DIR.")
@@ -45,9 +46,12 @@ def start_run(run_dir: str, options: dict, resume: bool) -> None:
             before = json.load(fh)
         changed = {k: (before.get(k), v) for k, v in options.items() if k not in ("train_steps",) and before.get(k) != v}
         if changed:
-            raise LatentSyncError(f"--resume with other options than the run was started with: {changed}.")
-    elif resume and latest_checkpoint(run_dir) is None:
+            raise LatentSyncError(f"{run_dir} holds a run started with other settings (was, now): {changed}. "
+                                  "Continue it with its settings, or train into another folder.")
+    elif resume:
         raise LatentSyncError(f"--resume: {run_dir} has no checkpoint to resume.")
+    elif os.path.isfile(os.path.join(run_dir, LOG_FILE)):  # a run stopped before its first save: start afresh
+        os.remove(os.path.join(run_dir, LOG_FILE))
     os.makedirs(run_dir, exist_ok=True)
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
         json.dump(options, fh, indent=1)
@@ -94,7 +98,15 @@ def train_loop(trainer, dataset, run_dir: str, steps: int, save_every: int, seed
     batch_size = trainer.config.batch_size
     last: dict = {}
 
+    saved = {"step": trainer.global_step}
+
+    def save_unsaved() -> None:
+        if last and last["step"] == trainer.global_step != saved["step"]:
+            log.warning("stopped: saving step %d", trainer.global_step)
+            save()
+
     def save() -> None:
+        saved["step"] = trainer.global_step
         save_checkpoint(trainer, run_dir, extra={"data_rng": rng.getstate()})
         if save_lora_meta is not None:
             from .lora import save_lora
@@ -114,13 +126,15 @@ def train_loop(trainer, dataset, run_dir: str, steps: int, save_every: int, seed
                         "seconds": round(time.perf_counter() - t0, 3)}
                 log_fh.write(json.dumps(last) + "\n")
                 log_fh.flush()
-                if progress is not None:
-                    progress(result.step, steps, last)
                 if result.step % save_every == 0 or result.step == steps:
                     save()
+                if progress is not None:
+                    try:
+                        progress(result.step, steps, last)
+                    except BaseException:  # a stop raised by the caller (ComfyUI's Cancel): keep this step
+                        save_unsaved()
+                        raise
         except KeyboardInterrupt:
-            if last and last["step"] % save_every and last["step"] != steps:
-                log.warning("interrupted: saving step %d", trainer.global_step)
-                save()
+            save_unsaved()
             raise
     return last
