@@ -98,6 +98,7 @@ def scene_cuts(video: str, pick: np.ndarray, threshold: float) -> list[int]:
     except ImportError as exc:
         raise LatentSyncError(f"scene detection needs PySceneDetect 0.6 ({exc}): pip install --no-deps "
                               "scenedetect==0.6.7.1, or --scene-threshold 0 to skip it.") from None
+    logging.getLogger("pyscenedetect").setLevel(logging.WARNING)  # its "Detecting scenes..." notes: noise here
     manager = SceneManager()
     manager.add_detector(AdaptiveDetector(adaptive_threshold=threshold))
     try:
