@@ -377,6 +377,18 @@ PREPARE = (  # training data (``prepare`` command)
     Option("min_seconds", float, 5.0,
            "A clip's last piece shorter than this joins the segment before it (pieces under 48 frames are "
            "never kept).", minimum=1.92, maximum=30.0, step=0.5, widget=""),
+    Option("scene_threshold", float, 2.0,
+           "Scene-cut sensitivity: PySceneDetect's adaptive detector threshold (the official pipeline's "
+           "`detect-adaptive --threshold 2`; lower finds more cuts); segments never cross a cut. 0 = no scene "
+           "detection.", minimum=0.0, maximum=255.0, step=0.5, widget=""),
+    Option("min_face", int, 0,
+           "Drop a segment whose median face size (the larger side of the box around the 68 landmarks, in "
+           "source pixels) is under this; 0 = keep every size (the official high-resolution filter is "
+           "switched off in its pipeline too).", minimum=0, maximum=4096, widget=""),
+    Option("sync_filter", bool, False,
+           "Score each segment's lip sync (syncnet_v2.model, LSE-C and offset on the landmark crops), keep "
+           "only LSE-C >= 3 with |offset| <= 6 frames, and shift its audio by the offset (the official "
+           "sync_av step).", widget=""),
 )
 
 TRAIN_PRESETS = ("lora", "stage2_efficient", "stage2")

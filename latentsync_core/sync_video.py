@@ -266,6 +266,15 @@ def score_frames(
             f"No {need} to score in {name} ({len(pick)} frames at 25 fps"
             + (f"; no face in frames {missing}" if missing else "") + ")."
         )
+    crop_path = "s3fd" if detector is not None else CROP_PATH
+    return _score_tracks(model, frames, pick, tracks, samples, crop_path, float(fps), progress, check_interrupt)
+
+
+def _score_tracks(model, frames, pick: np.ndarray, tracks: list[Track], samples: torch.Tensor, crop_path: str,
+                  fps: float, progress: Progress | None = None, check_interrupt=None) -> VideoScore:
+    """Score each track's crops against its audio (16 kHz mono ``samples``) and aggregate."""
+    from .sync_score import check_audio
+
     scored = []
     per_frame = SAMPLE_RATE // FPS
     for k, (a, b, boxes) in enumerate(tracks):
@@ -278,8 +287,25 @@ def score_frames(
             progress("score", k + 1, len(tracks))
     if not scored:
         check_audio(samples[tracks[0][0] * per_frame:])  # raises: the audio is too short there
-    crop_path = "s3fd" if detector is not None else CROP_PATH
-    return VideoScore(aggregate([s for _, s in scored]), scored, crop_path, len(pick), float(fps))
+    return VideoScore(aggregate([s for _, s in scored]), scored, crop_path, len(pick), fps)
+
+
+def score_landmarks(model: torch.nn.Module, frames, landmarks68: np.ndarray, found, audio: tuple[Any, int]
+                    ) -> VideoScore:
+    """The landmarks path of :func:`score_frames` on landmarks already found (a 25 fps frame source,
+    ``landmarks68`` float ``[N, 68, 2]`` in its pixels, ``found`` bool ``[N]`` with gaps already bridged): the
+    same tracks, crops and score without detecting the faces again (``prepare``'s sync filter)."""
+    from .sync_score import _audio_16k, check_audio
+
+    waveform, rate = audio
+    waveform = torch.as_tensor(waveform, dtype=torch.float32)
+    samples = _audio_16k(waveform.reshape(-1, waveform.shape[-1]).mean(0), rate)
+    check_audio(samples)
+    landmarks = np.asarray(landmarks68, dtype=np.float64)
+    tracks = [(a, b, landmark_boxes(landmarks[a:b])) for a, b in face_tracks(found)]
+    if not tracks:
+        raise FaceError(f"No face track of at least {MIN_SECONDS:g} s to score ({len(landmarks)} frames).")
+    return _score_tracks(model, frames, np.arange(len(landmarks)), tracks, samples, CROP_PATH, float(FPS))
 
 
 # -- acting on a score --------------------------------------------------------------------------------------
@@ -287,9 +313,15 @@ FIX_MIN_CONFIDENCE = 3.0  # the official data pipeline shifts a clip's audio onl
 FIX_MAX_OFFSET = 6  # ... and |offset| <= 6 frames (larger offsets are more likely a wrong minimum)
 
 
+def trusted(score: AggregateScore) -> bool:
+    """Whether a score is confident enough to act on: LSE-C >= 3 and |offset| <= 6 frames (the official data
+    pipeline keeps such clips, shifted by the offset, and drops the rest)."""
+    return score.lse_c >= FIX_MIN_CONFIDENCE and abs(score.offset) <= FIX_MAX_OFFSET
+
+
 def fixable(score: AggregateScore) -> bool:
     """Whether the measured offset is trusted enough to correct (the official data-pipeline rule)."""
-    return score.offset != 0 and score.lse_c >= FIX_MIN_CONFIDENCE and abs(score.offset) <= FIX_MAX_OFFSET
+    return score.offset != 0 and trusted(score)
 
 
 def shift_audio(waveform: torch.Tensor, rate: int, offset_frames: int) -> torch.Tensor:

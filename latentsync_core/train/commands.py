@@ -32,8 +32,26 @@ def build_prepare_parser() -> argparse.ArgumentParser:
     add_flags(p.add_argument_group("segments"), PREPARE)
     add_flags(p.add_argument_group("face"), [o for o in FACE if o.name in ("face", "max_gap")])
     p.add_argument("--whisper", help="whisper tiny checkpoint; overrides the --models layout")
+    p.add_argument("--syncnet", help="SyncNet v2 weights (syncnet_v2.model) for --sync-filter; overrides the --models "
+                                     "layout")
     add_verbosity_flags(p)
+    p.epilog = ("Several processes share the sources under torchrun (RANK / WORLD_SIZE; each takes every "
+                "WORLD_SIZE-th source and uses cuda:LOCAL_RANK), all writing into the one DATASET_DIR.")
     return p
+
+
+def distributed() -> tuple[int, int]:
+    """``(rank, world size)`` from torchrun's ``RANK`` / ``WORLD_SIZE`` (``(0, 1)`` when unset)."""
+    raw = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+    if raw == (None, None):
+        return 0, 1
+    try:
+        rank, world = (int(v) for v in raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise UsageError(f"RANK={raw[0]} WORLD_SIZE={raw[1]}: set both, as whole numbers (torchrun does).") from None
+    if not 0 <= rank < world:
+        raise UsageError(f"RANK={rank} WORLD_SIZE={world}: RANK must be 0..WORLD_SIZE-1.")
+    return rank, world
 
 
 def _validate_prepare(args) -> None:
@@ -49,6 +67,15 @@ def _validate_prepare(args) -> None:
         raise UsageError(f"DATASET_DIR {args.dataset_dir} is a file, not a folder.")
     if os.path.abspath(args.dataset_dir) == os.path.abspath(args.src_dir):
         raise UsageError("DATASET_DIR must not be SRC_DIR.")
+    if args.syncnet is not None and not os.path.isfile(args.syncnet):
+        raise UsageError(f"--syncnet {args.syncnet}: no such file.")
+    if args.prepare_options.scene_threshold > 0:
+        try:
+            import scenedetect  # noqa: F401 - only whether it is there
+        except ImportError:
+            raise UsageError("scene detection needs PySceneDetect 0.6: pip install --no-deps scenedetect==0.6.7.1 "
+                             "(or --scene-threshold 0: no scene split).") from None
+    args.rank, args.world_size = distributed()
     pick_device(args.device)
 
 
@@ -59,13 +86,26 @@ def _prepare(args) -> dict:
 
     sources(args.src_dir)  # no video: a clear message before the models load
     device = pick_device(args.device)
-    whisper = load_whisper(resolve_models(args, {"whisper": (args.whisper, "whisper")})["whisper"], device=device)
+    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
+        import torch
+
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())  # torchrun
+    wanted = {"whisper": (args.whisper, "whisper")}
+    if args.prepare_options.sync_filter:
+        wanted["syncnet"] = (args.syncnet, "syncnet-v2")
+    paths = resolve_models(args, wanted)  # every missing file named at once, before any model loads
+    syncnet = None
+    if args.prepare_options.sync_filter:
+        from ..sync_score import load_syncnet_v2
+
+        syncnet = load_syncnet_v2(paths["syncnet"], device)
+    whisper = load_whisper(paths["whisper"], device=device)
     aligner = FaceAligner(face=args.face_options.face, max_gap=args.face_options.max_gap, models_dir=args.models,
                           download=not args.no_download)
     progress = StageBars(args.quiet, {"sources": "clip"})
     try:
-        return prepare(args.src_dir, args.dataset_dir, whisper, aligner, args.prepare_options.max_seconds,
-                       args.prepare_options.min_seconds, progress)
+        return prepare(args.src_dir, args.dataset_dir, whisper, aligner, args.prepare_options, progress,
+                       syncnet=syncnet, rank=args.rank, world_size=args.world_size)
     finally:
         aligner.close()
         progress.close()
@@ -73,7 +113,7 @@ def _prepare(args) -> dict:
 
 def _show_prepare(counts: dict) -> int:
     print(", ".join(f"{n} {k}" for k, n in counts.items()) + " segments")
-    return 0 if counts["kept"] + counts["skipped"] else 1
+    return 0 if counts["kept"] + counts["skipped"] or not any(counts.values()) else 1  # a rank with no source: 0
 
 
 def prepare_main(argv=None) -> int:

@@ -63,10 +63,48 @@ def write_segment(dataset_dir: str, name: str, faces: np.ndarray, features: np.n
     return {"name": name, "frames": int(len(faces)), "file": rel, "resolution": int(faces.shape[1]), **meta}
 
 
+def append_line(path: str, line: dict) -> None:
+    """Append one JSON line to ``path``, safely while other processes append to it (``prepare`` on several
+    ranks): the file is opened ``O_APPEND`` (every write lands at the end, never over another's) and the line
+    goes out in one ``write`` under an exclusive ``flock`` (where there is one: not on Windows), so lines never
+    interleave, even on file systems where a plain append of a long line could be split. One shared file, not
+    a part per rank: the dataset stays one ``manifest.jsonl`` whatever the number of processes."""
+    data = (json.dumps(line) + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        with _locked(fd, exclusive=True):
+            written = os.write(fd, data)
+            while written < len(data):  # a regular file takes it all at once; a short write is finished here
+                written += os.write(fd, data[written:])
+    finally:
+        os.close(fd)
+
+
+class _locked:
+    """``flock`` held on ``fd`` for a ``with`` block (nothing where fcntl is missing)."""
+
+    def __init__(self, fd: int, exclusive: bool):
+        self.fd, self.exclusive = fd, exclusive
+
+    def __enter__(self):
+        try:
+            import fcntl
+        except ImportError:  # Windows: one process at a time there
+            self.fcntl = None
+            return self
+        self.fcntl = fcntl
+        fcntl.flock(self.fd, fcntl.LOCK_EX if self.exclusive else fcntl.LOCK_SH)
+        return self
+
+    def __exit__(self, *exc):
+        if self.fcntl is not None:
+            self.fcntl.flock(self.fd, self.fcntl.LOCK_UN)
+
+
 def append_manifest(dataset_dir: str, line: dict) -> None:
-    """Add a segment's line to ``manifest.jsonl`` (after its file exists: a crash never lists a missing file)."""
-    with open(os.path.join(dataset_dir, MANIFEST), "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(line) + "\n")
+    """Add a segment's line to ``manifest.jsonl`` (after its file exists: a crash never lists a missing file;
+    safe while other processes append: :func:`append_line`)."""
+    append_line(os.path.join(dataset_dir, MANIFEST), line)
 
 
 def read_manifest(dataset_dir: str) -> list[Segment]:
@@ -76,7 +114,7 @@ def read_manifest(dataset_dir: str) -> list[Segment]:
         raise DatasetError(f"{dataset_dir} is not a prepared dataset (no {MANIFEST}): run "
                            "python -m latentsync_core prepare SRC_DIR DATASET_DIR first.")
     segments: dict[str, Segment] = {}
-    with open(path, encoding="utf-8") as fh:
+    with open(path, encoding="utf-8") as fh, _locked(fh.fileno(), exclusive=False):  # no half-written line
         for n, line in enumerate(fh, 1):
             if not line.strip():
                 continue
