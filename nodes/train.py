@@ -8,6 +8,7 @@ run from its last checkpoint (Cancel saves one), and with more steps trains on t
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import shutil
@@ -19,7 +20,7 @@ from ..latentsync_core.errors import InputMismatchError, LatentSyncError
 from ..latentsync_core.options import TrainOptions, from_widgets, node_inputs
 from ..latentsync_core.safe_output import atomic_path
 from . import comfy_bridge as bridge
-from .types import CATEGORY, MODEL_INPUT, VAE_INPUT, WHISPER_INPUT
+from .types import CATEGORY, LATENTSYNC_MODEL, MODEL_INPUT, VAE_INPUT, WHISPER_INPUT
 
 logger = logging.getLogger(__name__)
 
@@ -106,9 +107,11 @@ class LatentSyncTrainLoRA:
         "(log, loss curve, checkpoints) is in output/latentsync/train/<lora_name>/: queue again with the same "
         "settings to continue it after Cancel, or with more steps to train on."
     )
-    RETURN_TYPES = ("STRING", "IMAGE")
-    RETURN_NAMES = ("lora_name", "loss_curve")
-    OUTPUT_TOOLTIPS = ("The LoRA's name as the Model Loader lists it (latentsync/<lora_name>.safetensors).",
+    RETURN_TYPES = (LATENTSYNC_MODEL, "STRING", "IMAGE")
+    RETURN_NAMES = ("model", "lora_name", "loss_curve")
+    OUTPUT_TOOLTIPS = ("The connected model with the trained LoRA merged (strength 1; a copy, the input model is "
+                       "unchanged): connect it to the Sampler or Lip Sync Video to try the result.",
+                       "The LoRA's name as the Model Loader lists it (latentsync/<lora_name>.safetensors).",
                        "The loss over the steps so far.")
 
     @classmethod
@@ -145,7 +148,8 @@ class LatentSyncTrainLoRA:
             folder = _prepared(_dataset_folder(dataset), whisper, progress)
             result = self._run(model, vae, folder, name, options, progress, unique_id)
         return {"ui": {"text": [self._summary(result)]},
-                "result": (f"{bridge.LORA_SUBFOLDER}/{name}.safetensors", _loss_image(result.get("plot")))}
+                "result": (_with_lora(model, result["lora_file"]), f"{bridge.LORA_SUBFOLDER}/{name}.safetensors",
+                           _loss_image(result.get("plot")))}
 
     @staticmethod
     def _run(model, vae, folder: str, name: str, options: TrainOptions, progress, unique_id) -> dict:
@@ -187,6 +191,19 @@ class LatentSyncTrainLoRA:
         losses = ", ".join(f"{k} {v:.4f}" for k, v in result.get("losses", {}).items())
         return (f"step {result.get('step', '?')}: {losses or 'already trained to this step count'}\n"
                 f"LoRA: {result['lora_file']}\nrun: {result['run_dir']}")
+
+
+def _with_lora(model, path: str):
+    """A copy of ``model`` with the LoRA at ``path`` merged at strength 1 (the input stays as ComfyUI cached it)."""
+    from ..latentsync_core.train.lora import apply_lora
+    from .model import LatentSyncModel
+
+    unet = copy.deepcopy(getattr(model.unet, "_orig_mod", model.unet))
+    applied = apply_lora(unet, path, 1.0, keep_backup=False, expect={"resolution": model.resolution})
+    logger.info("LatentSync: %s merged into a copy of %s (%d layers)", os.path.basename(path), model.name,
+                len(applied.modules))
+    return LatentSyncModel(unet=unet, resolution=model.resolution, dtype=model.dtype,
+                           name=f"{model.name} + {os.path.basename(path)}")
 
 
 def _publish(source: str, target: str) -> None:

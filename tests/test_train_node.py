@@ -53,7 +53,7 @@ def _log_steps(comfy_base, name: str) -> list[int]:
 @pytest.mark.slow
 def test_the_node_trains_a_lora_the_model_loader_applies(pack, models, dataset, comfy_base):
     out = _train(pack, models, dataset, "node_a")
-    lora_name, curve = out["result"]
+    tuned_model, lora_name, curve = out["result"]
     assert lora_name == "latentsync/node_a.safetensors"
     assert curve.ndim == 4 and curve.shape[0] == 1 and curve.shape[-1] == 3 and curve.max() > 0
     assert "step 2:" in out["ui"]["text"][0]
@@ -69,10 +69,13 @@ def test_the_node_trains_a_lora_the_model_loader_applies(pack, models, dataset, 
     (tuned,) = loader().load("tinytrain/latentsync_unet.pt", "256", "fp32", lora=lora_name, lora_strength=1.0)
     p, t = dict(plain.unet.named_parameters()), dict(tuned.unet.named_parameters())
     assert any(not torch.equal(p[k], t[k]) for k in p)
+    # the node's own model output: the same merge, on a copy (the input model is unchanged)
+    m, given = dict(tuned_model.unet.named_parameters()), dict(models[0].unet.named_parameters())
+    assert all(torch.equal(m[k], t[k]) for k in t) and all(torch.equal(given[k], p[k]) for k in p)
 
     # queued again with the same settings: nothing more to do; with more steps: it trains on
     again = _train(pack, models, dataset, "node_a")
-    assert again["result"][0] == lora_name and _log_steps(comfy_base, "node_a") == [1, 2]
+    assert again["result"][1] == lora_name and _log_steps(comfy_base, "node_a") == [1, 2]
     _train(pack, models, dataset, "node_a", train_steps=3)
     assert _log_steps(comfy_base, "node_a") == [1, 2, 3]
     assert torch.equal(load_file(published)[next(iter(a))], load_file(run / "lora_0000003.safetensors")[next(iter(a))])
