@@ -81,12 +81,14 @@ def fine_tune(dataset_dir: str, run_dir: str, options: TrainOptions, *,
     from .run import start_run, train_loop
     from .step import Trainer
     from .trainable import select_trainable
+    from .validation import make_validator
 
     config = train_config(options, config_file)
     dataset = TrainDataset(dataset_dir)
     if dataset.resolution != config.resolution:
         raise LatentSyncError(f"the dataset's faces are {dataset.resolution} px, the training config's resolution is "
                               f"{config.resolution}: prepare the data at {config.resolution} or pick the other config.")
+    validate = make_validator(dataset, dataset_dir, run_dir, options)  # holds its segment out of the draws
     name = config_name(options, config_file)
     start_run(run_dir, {**dataclasses.asdict(options), "config": name}, resume)
     model = load_training_unet(name, unet, device=device)
@@ -101,6 +103,6 @@ def fine_tune(dataset_dir: str, run_dir: str, options: TrainOptions, *,
     keep = torch.tensor(fixed_mask(config.resolution), dtype=torch.float32)
     meta = {"resolution": config.resolution, "dataset_segments": len(dataset), "preset": options.train_preset} if lora else None
     last = train_loop(trainer, dataset, run_dir, options.train_steps, options.save_every, options.train_seed, keep,
-                      resume=resume, save_lora_meta=meta, progress=progress)
+                      resume=resume, save_lora_meta=meta, progress=progress, validate=validate)
     files = lora_files(run_dir)
     return {"run_dir": run_dir, "lora": files[-1] if lora and files else None, **last}

@@ -79,11 +79,14 @@ def plot_losses(run_dir: str) -> str | None:
 
 def train_loop(trainer, dataset, run_dir: str, steps: int, save_every: int, seed: int, keep_mask, *,
                resume: bool = False, save_lora_meta: dict | None = None,
-               progress: Callable[[int, int, dict], None] | None = None) -> dict:
+               progress: Callable[[int, int, dict], None] | None = None,
+               validate: Callable[[object, int], object] | None = None) -> dict:
     """Run ``trainer`` to ``steps`` global steps on samples drawn from ``dataset``; returns the last losses.
 
     Checkpoints every ``save_every`` steps, at the end and on Ctrl-C (then re-raised); ``save_lora_meta``
-    (a dict: metadata) also writes ``lora_<step>.safetensors`` at each save."""
+    (a dict: metadata) also writes ``lora_<step>.safetensors`` at each save. ``validate(trainer, steps)``
+    (:class:`~latentsync_core.train.validation.Validator`) is called before the first step and after every
+    step's save; it decides itself whether the step is due."""
     from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
     rng = random.Random(seed)  # noqa: S311 (data sampling, as the official loader's random module)
@@ -105,6 +108,8 @@ def train_loop(trainer, dataset, run_dir: str, steps: int, save_every: int, seed
 
     with open(os.path.join(run_dir, LOG_FILE), "a", encoding="utf-8") as log_fh:
         try:
+            if validate is not None:
+                validate(trainer, steps)
             while trainer.global_step < steps:
                 t0 = time.perf_counter()
                 batch = dataset.batch([dataset.draw(rng) for _ in range(batch_size)], keep_mask)
@@ -118,6 +123,8 @@ def train_loop(trainer, dataset, run_dir: str, steps: int, save_every: int, seed
                     progress(result.step, steps, last)
                 if result.step % save_every == 0 or result.step == steps:
                     save()
+                if validate is not None:
+                    validate(trainer, steps)
         except KeyboardInterrupt:
             if last and last["step"] % save_every and last["step"] != steps:
                 log.warning("interrupted: saving step %d", trainer.global_step)
