@@ -129,3 +129,19 @@ def test_a_bad_validate_value_is_a_usage_error(dataset, tmp_path, capsys):
     assert cli.main([*_argv(dataset, tmp_path / "r", 1), "--validate-every", "-1"]) == 2
     assert "--validate-every" in capsys.readouterr().err
     assert cli.main([*_argv(dataset, tmp_path / "r", 1), "--validate-frames", "8"]) == 2
+
+
+def test_a_run_started_before_validation_existed_resumes(tmp_path):
+    """run.json without the validate options (an older run) resumes with validation off, not on."""
+    import dataclasses
+
+    from latentsync_core.errors import LatentSyncError
+    from latentsync_core.options import TrainOptions
+    from latentsync_core.train.run import RUN_FILE, start_run
+
+    defaults = dataclasses.asdict(TrainOptions())
+    old = {k: v for k, v in defaults.items() if not k.startswith("validate_")}
+    (tmp_path / RUN_FILE).write_text(json.dumps(old))
+    start_run(str(tmp_path), defaults, True, defaults)
+    with pytest.raises(LatentSyncError, match="validate_every"):
+        start_run(str(tmp_path), {**defaults, "validate_every": 5}, True, defaults)

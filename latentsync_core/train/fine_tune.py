@@ -90,7 +90,7 @@ def fine_tune(dataset_dir: str, run_dir: str, options: TrainOptions, *,
                               f"{config.resolution}: prepare the data at {config.resolution} or pick the other config.")
     validate = make_validator(dataset, dataset_dir, run_dir, options)  # holds its segment out of the draws
     name = config_name(options, config_file)
-    start_run(run_dir, {**dataclasses.asdict(options), "config": name}, resume)
+    start_run(run_dir, {**dataclasses.asdict(options), "config": name}, resume, dataclasses.asdict(TrainOptions()))
     model = load_training_unet(name, unet, device=device)
     lora = options.train_preset == "lora"
     with torch.random.fork_rng(devices=[]):  # LoRA's random init from the run's seed: runs are reproducible

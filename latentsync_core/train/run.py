@@ -32,8 +32,9 @@ def _as_state(value):
     return tuple(_as_state(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def start_run(run_dir: str, options: dict, resume: bool) -> None:
-    """Refuse a second run into ``run_dir`` unless resuming with the same options; record them."""
+def start_run(run_dir: str, options: dict, resume: bool, defaults: dict | None = None) -> None:
+    """Refuse a second run into ``run_dir`` unless resuming with the same options; record them. An option the
+    run's ``run.json`` lacks (added since it started) counts as its value in ``defaults``."""
     from .checkpoint import latest_checkpoint
 
     path = os.path.join(run_dir, RUN_FILE)
@@ -43,7 +44,8 @@ def start_run(run_dir: str, options: dict, resume: bool) -> None:
                                   "another RUN_DIR.")
         with open(path, encoding="utf-8") as fh:
             before = json.load(fh)
-        changed = {k: (before.get(k), v) for k, v in options.items() if k not in ("train_steps",) and before.get(k) != v}
+        old = {**(defaults or {}), **before}
+        changed = {k: (old.get(k), v) for k, v in options.items() if k not in ("train_steps",) and old.get(k) != v}
         if changed:
             raise LatentSyncError(f"--resume with other options than the run was started with: {changed}.")
     elif resume and latest_checkpoint(run_dir) is None:

@@ -117,9 +117,11 @@ class Validator:
 
     def __call__(self, trainer, total_steps: int) -> dict | None:
         step = trainer.global_step
+        if getattr(trainer, "rank", 0) != 0:
+            return None
         if self.done is None:
             self._first_call(step)
-        if getattr(trainer, "rank", 0) != 0 or step in self.done:
+        if step in self.done:
             return None
         if step % self.every and step != total_steps:
             return None
