@@ -71,6 +71,9 @@ def fine_tune(dataset_dir: str, run_dir: str, options: TrainOptions, *,
             downloaded to; only those the loss weights use are loaded.
         progress: ``(step, total, log line)`` after every step; it may raise to stop (a checkpoint is saved).
 
+    ``options.validate_every`` > 0 holds the dataset's last segment out of training and renders it with the
+    current weights (:mod:`latentsync_core.train.validation`: ``RUN_DIR/validation/``, ``validation.jsonl``).
+
     Returns the last log line (``step``, ``losses``, ...) with ``run_dir`` and ``lora`` (the newest LoRA file,
     None for the stage-2 presets).
     """
