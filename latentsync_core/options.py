@@ -417,6 +417,12 @@ TRAIN = (  # fine-tuning (``train`` command); a None weight keeps the preset's
            minimum=0.0, maximum=100.0, step=0.01, unset=(-1.0, None)),
     Option("trepa_weight", float, None, "TREPA loss weight (0 = no VideoMAE; -1 = the preset's).",
            minimum=0.0, maximum=100.0, step=0.01, unset=(-1.0, None)),
+    Option("validate_every", int, 0, "Every N steps (and at step 0 and the end) lip-sync a held-out segment "
+           "(the dataset's last, kept out of training when there are two or more) with the current weights: RUN_DIR/validation/step_*.mp4 "
+           "(generated | ground truth) and validation.jsonl (SyncNet score when the run has one); 0 = off.",
+           minimum=0, maximum=10_000_000, widget=""),
+    Option("validate_frames", int, 32, "Frames of the held-out segment each validation renders (whole "
+           "16-frame chunks; at most the segment's).", minimum=16, maximum=4000, step=16, widget=""),
 )
 
 GROUPS = {"face": FACE, "sampling": SAMPLING, "paste": PASTE, "audio": AUDIO, "output": OUTPUT, "model": MODEL,

@@ -146,6 +146,16 @@ class TrainDataset:
     def __len__(self) -> int:
         return len(self.segments)
 
+    def hold_out(self) -> tuple[Segment, bool]:
+        """Take the last segment (manifest order) out of the draws, for validation: ``(segment, True)``.
+        A dataset of one segment keeps it (``(segment, False)``: validation then sees training data)."""
+        segment = self.segments[-1]
+        if len(self.segments) < 2:
+            return segment, False
+        self.segments = self.segments[:-1]
+        self._cache.pop(len(self.segments), None)  # cached by index: the held-out one's slot is gone
+        return segment, True
+
     def _load(self, i: int) -> dict[str, np.ndarray]:
         if i not in self._cache:
             if len(self._cache) >= self._cache_size:

@@ -78,6 +78,9 @@ def fine_tune(dataset_dir: str, run_dir: str, options: TrainOptions, *,
             downloaded to; only those the loss weights use are loaded.
         progress: ``(step, total, log line)`` after every step; it may raise to stop (a checkpoint is saved).
 
+    ``options.validate_every`` > 0 holds the dataset's last segment out of training and renders it with the
+    current weights (:mod:`latentsync_core.train.validation`: ``RUN_DIR/validation/``, ``validation.jsonl``).
+
     Returns the last log line (``step``, ``losses``, ...) with ``run_dir`` and ``lora`` (the newest LoRA file,
     None for the stage-2 presets).
     """
@@ -88,14 +91,16 @@ def fine_tune(dataset_dir: str, run_dir: str, options: TrainOptions, *,
     from .run import start_run, train_loop
     from .step import Trainer
     from .trainable import select_trainable
+    from .validation import make_validator
 
     config = train_config(options, config_file)
     dataset = TrainDataset(dataset_dir)
     if dataset.resolution != config.resolution:
         raise LatentSyncError(f"the dataset's faces are {dataset.resolution} px, the training config's resolution is "
                               f"{config.resolution}: prepare the data at {config.resolution} or pick the other config.")
+    validate = make_validator(dataset, dataset_dir, run_dir, options)  # holds its segment out of the draws
     name = config_name(options, config_file)
-    start_run(run_dir, {**dataclasses.asdict(options), "config": name}, resume)
+    start_run(run_dir, {**dataclasses.asdict(options), "config": name}, resume, dataclasses.asdict(TrainOptions()))
     model = load_training_unet(unet_config or config_file or PRESET_UNETS[options.train_preset], unet, device=device)
     lora = options.train_preset == "lora"
     with torch.random.fork_rng(devices=[]):  # LoRA's random init from the run's seed: runs are reproducible
@@ -108,6 +113,6 @@ def fine_tune(dataset_dir: str, run_dir: str, options: TrainOptions, *,
     keep = torch.tensor(fixed_mask(config.resolution), dtype=torch.float32)
     meta = {"resolution": config.resolution, "dataset_segments": len(dataset), "preset": options.train_preset} if lora else None
     last = train_loop(trainer, dataset, run_dir, options.train_steps, options.save_every, options.train_seed, keep,
-                      resume=resume, save_lora_meta=meta, progress=progress)
+                      resume=resume, save_lora_meta=meta, progress=progress, validate=validate)
     files = lora_files(run_dir)
     return {"run_dir": run_dir, "lora": files[-1] if lora and files else None, **last}

@@ -32,8 +32,9 @@ def _as_state(value):
     return tuple(_as_state(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def start_run(run_dir: str, options: dict, resume: bool) -> None:
-    """Refuse a second run into ``run_dir`` unless resuming with the same options; record them."""
+def start_run(run_dir: str, options: dict, resume: bool, defaults: dict | None = None) -> None:
+    """Refuse a second run into ``run_dir`` unless resuming with the same options; record them. An option the
+    run's ``run.json`` lacks (added since it started) counts as its value in ``defaults``."""
     from .checkpoint import latest_checkpoint
 
     path = os.path.join(run_dir, RUN_FILE)
@@ -44,7 +45,8 @@ def start_run(run_dir: str, options: dict, resume: bool) -> None:
                                   "another RUN_DIR.")
         with open(path, encoding="utf-8") as fh:
             before = json.load(fh)
-        changed = {k: (before.get(k), v) for k, v in options.items() if k not in ("train_steps",) and before.get(k) != v}
+        old = {**(defaults or {}), **before}
+        changed = {k: (old.get(k), v) for k, v in options.items() if k not in ("train_steps",) and old.get(k) != v}
         if changed:
             raise LatentSyncError(f"{run_dir} holds a run started with other settings (was, now): {changed}. "
                                   "Continue it with its settings, or train into another folder.")
@@ -83,11 +85,14 @@ def plot_losses(run_dir: str) -> str | None:
 
 def train_loop(trainer, dataset, run_dir: str, steps: int, save_every: int, seed: int, keep_mask, *,
                resume: bool = False, save_lora_meta: dict | None = None,
-               progress: Callable[[int, int, dict], None] | None = None) -> dict:
+               progress: Callable[[int, int, dict], None] | None = None,
+               validate: Callable[[object, int], object] | None = None) -> dict:
     """Run ``trainer`` to ``steps`` global steps on samples drawn from ``dataset``; returns the last losses.
 
     Checkpoints every ``save_every`` steps, at the end and on Ctrl-C (then re-raised); ``save_lora_meta``
-    (a dict: metadata) also writes ``lora_<step>.safetensors`` at each save."""
+    (a dict: metadata) also writes ``lora_<step>.safetensors`` at each save. ``validate(trainer, steps)``
+    (:class:`~latentsync_core.train.validation.Validator`) is called before the first step and after every
+    step's save; it decides itself whether the step is due."""
     from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 
     rng = random.Random(seed)  # noqa: S311 (data sampling, as the official loader's random module)
@@ -117,6 +122,8 @@ def train_loop(trainer, dataset, run_dir: str, steps: int, save_every: int, seed
 
     with open(os.path.join(run_dir, LOG_FILE), "a", encoding="utf-8") as log_fh:
         try:
+            if validate is not None:
+                validate(trainer, steps)
             while trainer.global_step < steps:
                 t0 = time.perf_counter()
                 batch = dataset.batch([dataset.draw(rng) for _ in range(batch_size)], keep_mask)
@@ -128,6 +135,8 @@ def train_loop(trainer, dataset, run_dir: str, steps: int, save_every: int, seed
                 log_fh.flush()
                 if result.step % save_every == 0 or result.step == steps:
                     save()
+                if validate is not None:
+                    validate(trainer, steps)
                 if progress is not None:
                     try:
                         progress(result.step, steps, last)
