@@ -151,9 +151,9 @@ def _train_on(args, device) -> dict:
 
 
 def _show_train(result: dict) -> None:
-    from .distributed import is_main
+    from .distributed import launched_rank
 
-    if not is_main():
+    if launched_rank() != 0:  # under torchrun rank 0 alone reports
         return
     losses = ", ".join(f"{k} {v:.4f}" for k, v in result.get("losses", {}).items())
     print(f"step {result.get('step')}: {losses}; see {os.path.join(result['run_dir'], 'log.jsonl')}")

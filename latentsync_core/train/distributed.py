@@ -50,9 +50,12 @@ def _initialised() -> bool:
 
 
 def rank() -> int:
-    """This process's rank: the process group's, torchrun's ``RANK`` before/after it, else 0."""
-    if _initialised():
-        return torch.distributed.get_rank()
+    """This process's rank in the process group (0 without one)."""
+    return torch.distributed.get_rank() if _initialised() else 0
+
+
+def launched_rank() -> int:
+    """torchrun's ``RANK`` for this process (0 for a plain one), before and after the process group."""
     return int(os.environ.get("RANK", "0")) if launched() else 0
 
 
