@@ -10,10 +10,15 @@
 The folder is written under a temporary name and renamed when complete, so an interrupted save never
 replaces or damages an earlier checkpoint. ``load_checkpoint(trainer, path)`` restores all of it: a resumed
 run then takes the same steps as one that was never interrupted (given the same batches).
+
+Many processes (:mod:`latentsync_core.train.distributed`): every rank calls ``save_checkpoint``; their random
+states are gathered into ``state.pt`` (``rng_ranks``) and rank 0 alone writes. Every rank loads the same
+checkpoint and takes back its own random states.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import re
@@ -25,6 +30,9 @@ import torch
 
 from ..checkpoints import read_checkpoint
 from ..errors import CheckpointError, ModelMissingError
+from .distributed import all_ranks, is_main, rank, world_size
+
+log = logging.getLogger(__name__)
 
 WEIGHTS_FILE = "trainable.safetensors"
 STATE_FILE = "state.pt"
@@ -69,11 +77,15 @@ def _set_rng_state(trainer, state: dict[str, Any]) -> None:
 def save_checkpoint(trainer, run_dir: str | os.PathLike, extra: dict[str, Any] | None = None) -> str:
     """Write ``run_dir/checkpoint-<global step>/`` atomically and return its path.
 
-    ``extra``: small JSON-like values to keep (e.g. the data sampler's epoch and position).
+    ``extra``: small JSON-like values to keep (e.g. the data sampler's epoch and position). Many processes:
+    every rank calls it (a collective: their random states are gathered); rank 0 alone writes.
     """
     from safetensors.torch import save_file
 
+    rngs = all_ranks(_rng_state(trainer))
     final = os.path.join(os.fspath(run_dir), checkpoint_name(trainer.global_step))
+    if not is_main():
+        return final
     os.makedirs(os.path.dirname(final), exist_ok=True)
     partial = f"{final}.partial-{os.getpid()}"
     shutil.rmtree(partial, ignore_errors=True)
@@ -86,9 +98,11 @@ def save_checkpoint(trainer, run_dir: str | os.PathLike, extra: dict[str, Any] |
             "optimizer": trainer.optimizer.state_dict(),
             "lr_scheduler": trainer.lr_scheduler.state_dict(),
             "scaler": trainer.scaler.state_dict() if trainer.scaler is not None else None,
-            "rng": _rng_state(trainer),
+            "rng": rngs[0],
             "extra": extra or {},
         }
+        if len(rngs) > 1:
+            state["rng_ranks"] = rngs  # rank r's generators, for an exact resume of each rank
         torch.save(state, os.path.join(partial, STATE_FILE))
         if os.path.exists(final):  # the same step saved again: swap, never leave the step without a copy
             old = f"{final}.old-{os.getpid()}"
@@ -153,5 +167,17 @@ def load_checkpoint(trainer, path: str | os.PathLike) -> dict[str, Any]:
     if trainer.scaler is not None and state.get("scaler"):
         trainer.scaler.load_state_dict(state["scaler"])
     trainer.global_step = int(state["global_step"])
-    _set_rng_state(trainer, state["rng"])
+    _restore_rank_rng(trainer, state, path)
     return dict(state.get("extra") or {})
+
+
+def _restore_rank_rng(trainer, state: dict[str, Any], path: str) -> None:
+    """This rank's saved random states (rank 0's: ``rng``; all ranks': ``rng_ranks``). Another number of
+    processes than saved the checkpoint: the ranks without saved states keep their fresh ones (warned)."""
+    saved = state.get("rng_ranks") or [state["rng"]]
+    this, world = rank(), world_size()
+    if len(saved) != world and this == 0:
+        log.warning("%s was saved by %d process(es), this run has %d: the run goes on from it, but not exactly as "
+                    "it would have without the interruption", path, len(saved), world)
+    if this < len(saved):
+        _set_rng_state(trainer, saved[this])

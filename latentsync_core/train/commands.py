@@ -158,14 +158,24 @@ def _validate_train(args) -> None:
 
 
 def _train(args) -> dict:
+    """One process, or one of torchrun's (``torchrun --nproc_per_node=N -m latentsync_core train ...``): the
+    process group is joined for the run and left at its end (:mod:`latentsync_core.train.distributed`)."""
+    from .distributed import process_group
+
+    with process_group(pick_device(args.device)) as device:
+        return _train_on(args, device)
+
+
+def _train_on(args, device) -> dict:
     from ..constants import MODEL_FOLDER
     from ..vae import load_vae
+    from .distributed import is_main, main_first
     from .fine_tune import fine_tune
 
     o = args.train_options
-    device = pick_device(args.device)
-    paths = resolve_models(args, {"unet": (args.unet, "unet-1.5"), "vae": (args.vae, "vae")})
-    bar = progress_bar(o.train_steps, "train", args.quiet, unit="step")
+    with main_first():  # rank 0 downloads what is missing, the others then find it
+        paths = resolve_models(args, {"unet": (args.unet, "unet-1.5"), "vae": (args.vae, "vae")})
+    bar = progress_bar(o.train_steps, "train", args.quiet or not is_main(), unit="step")
 
     def progress(step: int, total: int, line: dict) -> None:
         bar.n = step
@@ -181,6 +191,10 @@ def _train(args) -> dict:
 
 
 def _show_train(result: dict) -> None:
+    from .distributed import launched_rank
+
+    if launched_rank() != 0:  # under torchrun rank 0 alone reports
+        return
     losses = ", ".join(f"{k} {v:.4f}" for k, v in result.get("losses", {}).items())
     print(f"step {result.get('step')}: {losses}; see {os.path.join(result['run_dir'], 'log.jsonl')}")
 

@@ -5,6 +5,10 @@ fp32, its trainable set, the frozen judges the loss weights need, the VAE) and r
 :func:`~latentsync_core.train.run.train_loop` into ``run_dir``. Callers differ only in where the weights come
 from (files for the command line; the graph's loaded U-Net and ComfyUI's VAE for the node) and how progress is
 shown.
+
+Under torchrun (a process group of more than one, e.g. joined by the ``train`` command with
+:func:`latentsync_core.train.distributed.process_group`) the run is data-parallel: see
+:mod:`latentsync_core.train.distributed` for the data split, which rank writes and how errors reach every rank.
 """
 
 from __future__ import annotations
@@ -80,12 +84,15 @@ def fine_tune(dataset_dir: str, run_dir: str, options: TrainOptions, *,
 
     ``options.validate_every`` > 0 holds the dataset's last segment out of training and renders it with the
     current weights (:mod:`latentsync_core.train.validation`: ``RUN_DIR/validation/``, ``validation.jsonl``).
+    Many processes: every rank calls it with its own ``device``; rank 0 checks RUN_DIR and writes, the logged
+    losses are the mean over the ranks.
 
     Returns the last log line (``step``, ``losses``, ...) with ``run_dir`` and ``lora`` (the newest LoRA file,
     None for the stage-2 presets).
     """
     from ..face.paste import fixed_mask
     from .dataset import TrainDataset
+    from .distributed import barrier, main_first, on_main
     from .judges import load_judges
     from .models import load_training_unet
     from .run import start_run, train_loop
@@ -100,19 +107,22 @@ def fine_tune(dataset_dir: str, run_dir: str, options: TrainOptions, *,
                               f"{config.resolution}: prepare the data at {config.resolution} or pick the other config.")
     validate = make_validator(dataset, dataset_dir, run_dir, options)  # holds its segment out of the draws
     name = config_name(options, config_file)
-    start_run(run_dir, {**dataclasses.asdict(options), "config": name}, resume, dataclasses.asdict(TrainOptions()))
+    on_main(lambda: start_run(run_dir, {**dataclasses.asdict(options), "config": name}, resume,
+                              dataclasses.asdict(TrainOptions())))  # rank 0 decides, every rank gets its answer
     model = load_training_unet(unet_config or config_file or PRESET_UNETS[options.train_preset], unet, device=device)
     lora = options.train_preset == "lora"
     with torch.random.fork_rng(devices=[]):  # LoRA's random init from the run's seed: runs are reproducible
         torch.manual_seed(options.train_seed)
         trainable = (select_trainable(model, "lora", rank=options.lora_rank) if lora
                      else select_trainable(model, options.train_preset))
-    judges = load_judges(config, models_dir, search_folders, device=device, download=download)
+    with main_first():  # rank 0 downloads what is missing, the others then find it
+        judges = load_judges(config, models_dir, search_folders, device=device, download=download)
     trainer = Trainer(model, vae, config, device=device, trainable=trainable, syncnet=judges.syncnet,
                       lpips=judges.lpips, trepa_net=judges.trepa_net)
     keep = torch.tensor(fixed_mask(config.resolution), dtype=torch.float32)
     meta = {"resolution": config.resolution, "dataset_segments": len(dataset), "preset": options.train_preset} if lora else None
     last = train_loop(trainer, dataset, run_dir, options.train_steps, options.save_every, options.train_seed, keep,
                       resume=resume, save_lora_meta=meta, progress=progress, validate=validate)
+    barrier()  # rank 0's last files are written before any rank reports them
     files = lora_files(run_dir)
     return {"run_dir": run_dir, "lora": files[-1] if lora and files else None, **last}

@@ -4,11 +4,13 @@
 (the loss curve, redrawn at every save), ``checkpoint-<step>/`` (trainable weights, optimiser, random states
 and the data sampler's state: a resumed run takes exactly the steps an uninterrupted one would) and, for a
 LoRA run, ``lora_<step>.safetensors`` (what the Model Loader and ``--lora`` apply). ``run.json`` records the
-options; a second run into the same RUN_DIR is refused unless it resumes.
+options; a second run into the same RUN_DIR is refused unless it resumes. Many processes (torchrun): the data
+split, rank 0's files and the logged mean losses are described in :mod:`latentsync_core.train.distributed`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -89,30 +91,38 @@ def train_loop(trainer, dataset, run_dir: str, steps: int, save_every: int, seed
                validate: Callable[[object, int], object] | None = None) -> dict:
     """Run ``trainer`` to ``steps`` global steps on samples drawn from ``dataset``; returns the last losses.
 
-    Checkpoints every ``save_every`` steps, at the end and on Ctrl-C (then re-raised); ``save_lora_meta``
-    (a dict: metadata) also writes ``lora_<step>.safetensors`` at each save. ``validate(trainer, steps)``
-    (:class:`~latentsync_core.train.validation.Validator`) is called before the first step and after every
-    step's save; it decides itself whether the step is due."""
+    Checkpoints every ``save_every`` steps, at the end and when stopped (Ctrl-C, or an exception raised by
+    ``progress`` such as ComfyUI's Cancel; then re-raised; one process only: under many, the last checkpoint
+    stands); ``save_lora_meta`` (a dict: metadata) also writes ``lora_<step>.safetensors`` at each save.
+    ``validate(trainer, steps)`` (:class:`~latentsync_core.train.validation.Validator`) is called before the
+    first step and after every step's save; it decides itself whether the step is due. Many processes (a
+    process group of more than one): each step draws ``batch_size * world_size`` samples and this rank trains
+    on its slice ``[rank * batch_size, (rank + 1) * batch_size)``; rank 0 alone writes, and ``log.jsonl``'s
+    losses are the mean over the ranks (the global batch's); see :mod:`latentsync_core.train.distributed`."""
     from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+    from .distributed import mean_over_ranks, rank, world_size
 
     rng = random.Random(seed)  # noqa: S311 (data sampling, as the official loader's random module)
     if resume:
         extra = load_checkpoint(trainer, latest_checkpoint(run_dir))
         rng.setstate(_as_state(extra["data_rng"]))
         log.info("resumed at step %d", trainer.global_step)
-    batch_size = trainer.config.batch_size
+    batch_size, main, world = trainer.config.batch_size, rank() == 0, world_size()
+    mine = slice(rank() * batch_size, (rank() + 1) * batch_size)  # this rank's part of the global batch
     last: dict = {}
 
     saved = {"step": trainer.global_step}
 
-    def save_unsaved() -> None:
-        if last and last["step"] == trainer.global_step != saved["step"]:
+    def save_unsaved() -> None:  # one process only: a lone rank must not start the save collective
+        if world == 1 and last and last["step"] == trainer.global_step != saved["step"]:
             log.warning("stopped: saving step %d", trainer.global_step)
             save()
 
     def save() -> None:
         saved["step"] = trainer.global_step
-        save_checkpoint(trainer, run_dir, extra={"data_rng": rng.getstate()})
+        save_checkpoint(trainer, run_dir, extra={"data_rng": rng.getstate()})  # every rank: a collective
+        if not main:
+            return
         if save_lora_meta is not None:
             from .lora import save_lora
 
@@ -120,19 +130,21 @@ def train_loop(trainer, dataset, run_dir: str, steps: int, save_every: int, seed
                       {**save_lora_meta, "steps": trainer.global_step})
         plot_losses(run_dir)
 
-    with open(os.path.join(run_dir, LOG_FILE), "a", encoding="utf-8") as log_fh:
+    logging_here = open(os.path.join(run_dir, LOG_FILE), "a", encoding="utf-8") if main else None
+    with logging_here or contextlib.nullcontext() as log_fh:
         try:
             if validate is not None:
                 validate(trainer, steps)
             while trainer.global_step < steps:
                 t0 = time.perf_counter()
-                batch = dataset.batch([dataset.draw(rng) for _ in range(batch_size)], keep_mask)
-                result = trainer.step(batch)
-                last = {"step": result.step, "losses": {k: float(v) for k, v in result.losses.items()},
-                        "grad_norm": float(result.grad_norm), "lr": float(result.lr),
-                        "seconds": round(time.perf_counter() - t0, 3)}
-                log_fh.write(json.dumps(last) + "\n")
-                log_fh.flush()
+                picks = [dataset.draw(rng) for _ in range(batch_size * world)][mine]
+                result = trainer.step(dataset.batch(picks, keep_mask))
+                losses = mean_over_ranks({k: float(v) for k, v in result.losses.items()}, trainer.device)
+                last = {"step": result.step, "losses": losses, "grad_norm": float(result.grad_norm),
+                        "lr": float(result.lr), "seconds": round(time.perf_counter() - t0, 3)}
+                if log_fh is not None:
+                    log_fh.write(json.dumps(last) + "\n")
+                    log_fh.flush()
                 if result.step % save_every == 0 or result.step == steps:
                     save()
                 if validate is not None:
