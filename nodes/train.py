@@ -177,9 +177,15 @@ class LatentSyncTrainLoRA:
             bridge.check_interrupted()  # Cancel: the loop saves a checkpoint, queue again to continue
 
         folders = bridge.model_folders()
-        result = fine_tune(folder, run_dir, options, unet=_start_weights(model), unet_config=model.unet.config,
-                           vae=trainable_vae(vae, device), models_dir=folders[0],
-                           search_folders=folders[1:], device=device, resume=resume, progress=step)
+        try:
+            result = fine_tune(folder, run_dir, options, unet=_start_weights(model), unet_config=model.unet.config,
+                               vae=trainable_vae(vae, device), models_dir=folders[0],
+                               search_folders=folders[1:], device=device, resume=resume, progress=step)
+        except BaseException:  # Cancel: the step saved on the way out is published too
+            newest = lora_files(run_dir)
+            if newest and newest[-1] != copied["file"]:
+                _publish(newest[-1], target)
+            raise
         if result.get("lora"):
             _publish(result["lora"], target)
         result["plot"] = plot_losses(run_dir)

@@ -100,6 +100,7 @@ def test_cancel_keeps_the_finished_steps_and_the_run_continues_exactly(pack, mod
         _train(pack, models, dataset, "cut", save_every=5)
     assert _log_steps(comfy_base, "cut") == [1]
     assert (comfy_base / "output" / "latentsync" / "train" / "cut" / "lora_0000001.safetensors").is_file()
+    assert (comfy_base / "models" / "loras" / "latentsync" / "cut.safetensors").is_file()  # published on Cancel
     monkeypatch.undo()
     _train(pack, models, dataset, "cut", save_every=5)
     loras = comfy_base / "models" / "loras" / "latentsync"

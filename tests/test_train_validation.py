@@ -137,11 +137,16 @@ def test_a_run_started_before_validation_existed_resumes(tmp_path):
 
     from latentsync_core.errors import LatentSyncError
     from latentsync_core.options import TrainOptions
+    from latentsync_core.train.checkpoint import STATE_FILE, WEIGHTS_FILE, checkpoint_name
     from latentsync_core.train.run import RUN_FILE, start_run
 
     defaults = dataclasses.asdict(TrainOptions())
     old = {k: v for k, v in defaults.items() if not k.startswith("validate_")}
     (tmp_path / RUN_FILE).write_text(json.dumps(old))
+    saved = tmp_path / checkpoint_name(1)  # the run got as far as one save (files: their names only matter here)
+    saved.mkdir()
+    (saved / STATE_FILE).write_bytes(b"")
+    (saved / WEIGHTS_FILE).write_bytes(b"")
     start_run(str(tmp_path), defaults, True, defaults)
     with pytest.raises(LatentSyncError, match="validate_every"):
         start_run(str(tmp_path), {**defaults, "validate_every": 5}, True, defaults)
