@@ -44,3 +44,15 @@ def line_chart(values: np.ndarray, size: tuple[int, int], color, title: str, x_l
         cv2.putText(img, label, (int(x) - 8, h - bottom + 13), _FONT, 0.35, BLACK, 1, cv2.LINE_AA)
     cv2.putText(img, x_label, (w // 2 - 40, h - 4), _FONT, 0.38, BLACK, 1, cv2.LINE_AA)
     return img
+
+
+def write_png(path: str, image: np.ndarray) -> str:
+    """Write an RGB uint8 ``[H, W, 3]`` image as a PNG, atomically (a reader never sees half a file)."""
+    from .safe_output import atomic_path
+
+    ok, data = cv2.imencode(".png", np.ascontiguousarray(image[..., ::-1]))
+    if not ok:
+        raise ValueError(f"could not encode {path} as PNG")
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        fh.write(data.tobytes())
+    return path

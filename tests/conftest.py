@@ -200,3 +200,14 @@ def syncnet(syncnet_file):
     from latentsync_core.sync_score import load_syncnet_v2
 
     return load_syncnet_v2(syncnet_file)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """A prepared training dataset (manifest + segments) built from the golden training clips (train_golden);
+    one per test module."""
+    from train_golden import build_dataset
+
+    folder = tmp_path_factory.mktemp("dataset")
+    build_dataset(folder)
+    return folder

@@ -10,18 +10,11 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from train_golden import GOLDEN, UNET_CKPT, VAE_CONFIG, VAE_FILE, build_dataset
+from train_golden import GOLDEN, UNET_CKPT, VAE_CONFIG, VAE_FILE
 
 from latentsync_core import cli
 from latentsync_core.train.lora import apply_lora, load_lora
 from latentsync_core.train.models import load_training_unet
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("dataset")
-    build_dataset(folder)
-    return folder
 
 
 def _argv(dataset, run, steps: int, *extra: str) -> list[str]:

@@ -101,15 +101,6 @@ def test_two_gloo_ranks_equal_one_process_with_the_whole_batch(tmp_path):
 # alone writes, and --resume under two ranks continues exactly.
 
 
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    from train_golden import build_dataset
-
-    folder = tmp_path_factory.mktemp("dataset")
-    build_dataset(folder)
-    return folder
-
-
 def _spy(path: str):
     """``train_loop`` that also saves the trainable weights this process ends with and the samples it took."""
     from latentsync_core.train import run

@@ -14,19 +14,12 @@ import torch
 from conftest import PACK_NAME
 from safetensors.torch import load_file
 from test_pipeline import StandInVae
-from train_golden import UNET_CKPT, VAE_CONFIG, VAE_FILE, build_dataset
+from train_golden import UNET_CKPT, VAE_CONFIG, VAE_FILE
 
 from latentsync_core.vae import load_vae
 
 WIDGETS = dict(train_steps=2, learning_rate=1e-3, lora_rank=4, train_seed=7, save_every=1, sync_weight=0.0,
                lpips_weight=0.0, trepa_weight=0.0)
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("dataset")
-    build_dataset(folder)
-    return folder
 
 
 @pytest.fixture

@@ -15,18 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from test_train_command import _argv
-from train_golden import FIX, build_dataset, build_trainer
+from train_golden import FIX, build_trainer
 
 from latentsync_core import cli
 from latentsync_core.train import validation
 from latentsync_core.train.dataset import MANIFEST, TrainDataset
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("dataset")
-    build_dataset(folder)
-    return folder
 
 
 @pytest.fixture

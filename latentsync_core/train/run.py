@@ -63,9 +63,8 @@ def start_run(run_dir: str, options: dict, resume: bool, defaults: dict | None =
 
 def plot_losses(run_dir: str) -> str | None:
     """``RUN_DIR/loss.png`` from ``log.jsonl`` (total loss per step); None when nothing is logged yet."""
-    import cv2
 
-    from ..plot import BLUE, line_chart
+    from ..plot import BLUE, line_chart, write_png
 
     path = os.path.join(run_dir, LOG_FILE)
     if not os.path.isfile(path):
@@ -77,12 +76,7 @@ def plot_losses(run_dir: str) -> str | None:
     losses = np.array([r["losses"]["total"] for r in rows], dtype=np.float64)
     image = line_chart(losses, (768, 300), BLUE, f"total loss, step {rows[-1]['step']}", "step",
                        float(rows[0]["step"]), 1.0, zero=False)
-    out = os.path.join(run_dir, LOSS_PLOT)
-    with atomic_path(out) as tmp:
-        ok, data = cv2.imencode(".png", image[..., ::-1])
-        with open(tmp, "wb") as fh:
-            fh.write(data.tobytes())
-    return out
+    return write_png(os.path.join(run_dir, LOSS_PLOT), image)
 
 
 def train_loop(trainer, dataset, run_dir: str, steps: int, save_every: int, seed: int, keep_mask, *,

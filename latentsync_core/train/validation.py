@@ -195,9 +195,8 @@ class Validator:
 
 def plot_validation(run_dir: str) -> str | None:
     """``RUN_DIR/validation.png``: the validations' sync score over the steps; None without scores."""
-    import cv2
 
-    from ..plot import BLUE, line_chart
+    from ..plot import BLUE, line_chart, write_png
 
     rows = [r for r in read_validation(run_dir) if "sync" in r]
     if len(rows) < 2:
@@ -206,12 +205,7 @@ def plot_validation(run_dir: str) -> str | None:
     step = (rows[-1]["step"] - rows[0]["step"]) / (len(rows) - 1) or 1.0
     image = line_chart(values, (768, 300), BLUE, f"validation sync (not LSE), step {rows[-1]['step']}", "step",
                        float(rows[0]["step"]), float(step), zero=False)
-    out = os.path.join(run_dir, VALIDATION_PLOT)
-    with atomic_path(out) as tmp:
-        ok, data = cv2.imencode(".png", image[..., ::-1])
-        with open(tmp, "wb") as fh:
-            fh.write(data.tobytes())
-    return out
+    return write_png(os.path.join(run_dir, VALIDATION_PLOT), image)
 
 
 def make_validator(dataset, dataset_dir: str, run_dir: str, options) -> Validator | None:
