@@ -39,10 +39,13 @@ def test_lora_run_writes_everything_and_resumes_exactly(dataset, tmp_path, capsy
     # 1 step, then --resume to 2: the same weights as the uninterrupted run
     part = tmp_path / "part"
     assert cli.main(_argv(dataset, part, 1)) == 0
+    with open(part / "log.jsonl", "a") as fh:  # a crash after logging step 2, before saving it
+        fh.write(json.dumps({"step": 2, "losses": {"total": 9.0}}) + "\n")
     assert cli.main(_argv(dataset, part, 2, "--resume")) == 0
     a, b = load_file(whole / "lora_0000002.safetensors"), load_file(part / "lora_0000002.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert [json.loads(x)["step"] for x in (part / "log.jsonl").read_text().splitlines()] == [1, 2]
+    logged = [json.loads(x) for x in (part / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in logged] == [1, 2] and logged[1]["losses"]["total"] != 9.0  # the step taken again
 
     # the LoRA changes the model it is applied to
     unet = load_training_unet(GOLDEN / "stage2_tiny.yaml", UNET_CKPT)

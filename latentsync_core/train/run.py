@@ -61,6 +61,20 @@ def start_run(run_dir: str, options: dict, resume: bool, defaults: dict | None =
         json.dump(options, fh, indent=1)
 
 
+def trim_jsonl(path: str, step: int) -> list[dict]:
+    """The rows of a run's JSONL file (``log.jsonl``, ``validation.jsonl``) up to ``step``; later rows (from
+    steps after the checkpoint a run resumes from: they are done again) are dropped from the file, atomically."""
+    if not os.path.isfile(path):
+        return []
+    with open(path, encoding="utf-8") as fh:
+        rows = [json.loads(line) for line in fh if line.strip()]
+    kept = [r for r in rows if r["step"] <= step]
+    if len(kept) != len(rows):
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+            fh.writelines(json.dumps(r) + "\n" for r in kept)
+    return kept
+
+
 def plot_losses(run_dir: str) -> str | None:
     """``RUN_DIR/loss.png`` from ``log.jsonl`` (total loss per step); None when nothing is logged yet."""
 
@@ -124,6 +138,8 @@ def train_loop(trainer, dataset, run_dir: str, steps: int, save_every: int, seed
                       {**save_lora_meta, "steps": trainer.global_step})
         plot_losses(run_dir)
 
+    if resume and main:  # steps logged after the checkpoint (a crash between saves) are taken again
+        trim_jsonl(os.path.join(run_dir, LOG_FILE), trainer.global_step)
     logging_here = open(os.path.join(run_dir, LOG_FILE), "a", encoding="utf-8") if main else None
     with logging_here or contextlib.nullcontext() as log_fh:
         try:

@@ -30,7 +30,6 @@ import numpy as np
 import torch
 
 from ..constants import CHUNK_FRAMES, DEFAULT_FPS, DEFAULT_GUIDANCE, DEFAULT_STEPS
-from ..safe_output import atomic_path
 from .dataset import MANIFEST, Segment
 
 log = logging.getLogger(__name__)
@@ -107,13 +106,9 @@ class Validator:
     def _first_call(self, step: int) -> None:
         """A resumed run keeps the validations up to its checkpoint's step and drops later ones (they are done
         again with the same weights)."""
-        rows = read_validation(self.run_dir)
-        kept = [r for r in rows if r["step"] <= step]
-        if len(kept) != len(rows):
-            path = os.path.join(self.run_dir, VALIDATION_LOG)
-            with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-                fh.writelines(json.dumps(r) + "\n" for r in kept)
-        self.done = {r["step"] for r in kept}
+        from .run import trim_jsonl
+
+        self.done = {r["step"] for r in trim_jsonl(os.path.join(self.run_dir, VALIDATION_LOG), step)}
 
     def __call__(self, trainer, total_steps: int) -> dict | None:
         step = trainer.global_step
