@@ -86,10 +86,10 @@ def _prepare(args) -> dict:
 
     sources(args.src_dir)  # no video: a clear message before the models load
     device = pick_device(args.device)
-    if device.type == "cuda" and device.index is None and "LOCAL_RANK" in os.environ:
-        import torch
+    if args.world_size > 1:
+        from .distributed import rank_device
 
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())  # torchrun
+        device = rank_device(device)  # torchrun: one GPU per process
     wanted = {"whisper": (args.whisper, "whisper")}
     if args.prepare_options.sync_filter:
         wanted["syncnet"] = (args.syncnet, "syncnet-v2")

@@ -69,6 +69,18 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def rank_device(device: torch.device) -> torch.device:
+    """This process's device: under torchrun a CUDA device becomes ``cuda:LOCAL_RANK`` (one GPU per process on
+    a machine); otherwise ``device`` unchanged."""
+    if device.type != "cuda" or "LOCAL_RANK" not in os.environ:
+        return device
+    local = int(os.environ["LOCAL_RANK"])
+    if local >= torch.cuda.device_count():
+        raise LatentSyncError(f"LOCAL_RANK {local}, but only {torch.cuda.device_count()} CUDA device(s) are "
+                              "visible: start at most that many processes per machine (--nproc_per_node).")
+    return torch.device("cuda", local)
+
+
 @contextlib.contextmanager
 def process_group(device: torch.device) -> Iterator[torch.device]:
     """Under torchrun: join the process group for the block and yield this rank's device (``cuda:LOCAL_RANK``
@@ -78,11 +90,7 @@ def process_group(device: torch.device) -> Iterator[torch.device]:
         yield device
         return
     if device.type == "cuda":
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        if local >= torch.cuda.device_count():
-            raise LatentSyncError(f"LOCAL_RANK {local}, but only {torch.cuda.device_count()} CUDA device(s) are "
-                                  "visible: start at most that many processes per machine (--nproc_per_node).")
-        device = torch.device("cuda", local)
+        device = rank_device(device)
         torch.cuda.set_device(device)
         backend = "nccl"
     elif device.type == "cpu":

@@ -61,13 +61,18 @@ def start_run(run_dir: str, options: dict, resume: bool, defaults: dict | None =
         json.dump(options, fh, indent=1)
 
 
-def trim_jsonl(path: str, step: int) -> list[dict]:
-    """The rows of a run's JSONL file (``log.jsonl``, ``validation.jsonl``) up to ``step``; later rows (from
-    steps after the checkpoint a run resumes from: they are done again) are dropped from the file, atomically."""
+def read_jsonl(path: str) -> list[dict]:
+    """The rows of a run's JSONL file (``log.jsonl``, ``validation.jsonl``); none yet: []."""
     if not os.path.isfile(path):
         return []
     with open(path, encoding="utf-8") as fh:
-        rows = [json.loads(line) for line in fh if line.strip()]
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def trim_jsonl(path: str, step: int) -> list[dict]:
+    """The rows of a run's JSONL file up to ``step``; later rows (from steps after the checkpoint a run resumes
+    from: they are done again) are dropped from the file, atomically."""
+    rows = read_jsonl(path)
     kept = [r for r in rows if r["step"] <= step]
     if len(kept) != len(rows):
         with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
@@ -80,11 +85,7 @@ def plot_losses(run_dir: str) -> str | None:
 
     from ..plot import BLUE, line_chart, write_png
 
-    path = os.path.join(run_dir, LOG_FILE)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as fh:
-        rows = [json.loads(line) for line in fh if line.strip()]
+    rows = read_jsonl(os.path.join(run_dir, LOG_FILE))
     if not rows:
         return None
     losses = np.array([r["losses"]["total"] for r in rows], dtype=np.float64)

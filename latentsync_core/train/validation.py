@@ -42,11 +42,9 @@ GUIDANCE = DEFAULT_GUIDANCE
 
 def read_validation(run_dir: str) -> list[dict]:
     """The lines of ``RUN_DIR/validation.jsonl`` (none yet: [])."""
-    path = os.path.join(run_dir, VALIDATION_LOG)
-    if not os.path.isfile(path):
-        return []
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    from .run import read_jsonl
+
+    return read_jsonl(os.path.join(run_dir, VALIDATION_LOG))
 
 
 def _manifest_row(dataset_dir: str, name: str) -> dict:
